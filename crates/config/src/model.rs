@@ -1,0 +1,133 @@
+//! The validated model: what the proxy runs from.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::pattern::{Pattern, Request};
+use crate::url::AdapterUrl;
+
+/// A validated configuration: endpoints in file order, adapters in file order.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where it came from (a path, or e.g. `<inline>`), for log lines.
+    pub origin: String,
+    /// The hooked endpoints, in the order they appear in the file: their chains run in this order.
+    pub endpoints: Vec<Endpoint>,
+    /// Every adapter defined, in file order; each endpoint's chains name only these.
+    pub adapters: Vec<AdapterDef>,
+}
+
+impl Config {
+    /// No endpoints and no adapters: every request passes straight through.
+    pub fn empty() -> Config {
+        Config {
+            origin: "<empty>".to_owned(),
+            endpoints: Vec::new(),
+            adapters: Vec::new(),
+        }
+    }
+
+    /// The adapter defined under this name, if any.
+    pub fn adapter(&self, name: &str) -> Option<&AdapterDef> {
+        self.adapters.iter().find(|a| a.name == name)
+    }
+
+    /// Endpoints whose pattern matches, in file order. `path` has no query string.
+    ///
+    /// ```
+    /// use powerstrip_config::{parse, Format};
+    ///
+    /// let config = parse(r#"
+    /// [adapters]
+    /// weave = "http://weave/extension"
+    ///
+    /// [[endpoints]]
+    /// match = "POST /*/containers/create"
+    /// pre = ["weave"]
+    ///
+    /// [[endpoints]]
+    /// match = "* *"
+    /// post = []
+    /// "#, "<inline>", Format::Toml).unwrap();
+    ///
+    /// let hooked: Vec<_> = config.matching("POST", "/v1.41/containers/create")
+    ///     .map(|e| e.pattern.as_str())
+    ///     .collect();
+    /// assert_eq!(hooked, ["POST /*/containers/create", "* *"]);
+    /// assert_eq!(config.matching("GET", "/_ping").count(), 1);
+    /// ```
+    pub fn matching<'a>(
+        &'a self,
+        method: &'a str,
+        path: &'a str,
+    ) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        let request = Request::new(method, path);
+        self.endpoints
+            .iter()
+            .filter(move |e| e.pattern.matches_request(&request))
+    }
+}
+
+/// A hooked endpoint: a pattern and the adapters to call around Docker.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// The `METHOD PATH` glob.
+    pub pattern: Pattern,
+    /// Adapter names called before Docker, in order; may be empty.
+    pub pre: Vec<String>,
+    /// Adapter names called after Docker, in order; may be empty.
+    pub post: Vec<String>,
+    /// Line of the pattern in the file (the YAML key, the TOML `match` value), for logs.
+    pub line: usize,
+}
+
+/// A defined adapter.
+#[derive(Clone, Debug)]
+pub struct AdapterDef {
+    /// The name chains use.
+    pub name: String,
+    /// How to reach it.
+    pub kind: AdapterKind,
+    /// How long one call may take before it counts as failed.
+    pub timeout: Duration,
+    /// What a failed call does to the request.
+    pub failure: FailurePolicy,
+    /// Line of its name in the file, for logs.
+    pub line: usize,
+}
+
+/// How an adapter is reached.
+#[derive(Clone, Debug)]
+pub enum AdapterKind {
+    /// A PowerstripProtocolVersion 1 server reached over HTTP.
+    Http {
+        /// Where hooks are POSTed.
+        url: AdapterUrl,
+    },
+    /// An adapter compiled into the binary; its name is checked there, not here.
+    Builtin {
+        /// The built-in's name, e.g. `image-policy`.
+        builtin: String,
+        /// Every other key of its table except `timeout` and `failure`, as JSON.
+        options: serde_json::Map<String, serde_json::Value>,
+    },
+}
+
+/// What happens when an adapter cannot be reached, times out or answers nonsense.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Refuse the request and tell the client which adapter failed.
+    #[default]
+    Fail,
+    /// Log it and carry on as if the adapter had passed the document through.
+    Ignore,
+}
+
+impl fmt::Display for FailurePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailurePolicy::Fail => "fail",
+            FailurePolicy::Ignore => "ignore",
+        })
+    }
+}

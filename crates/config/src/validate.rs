@@ -1,0 +1,443 @@
+//! Stage two: the raw tree checked, every problem collected, into the model.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::error::{ConfigError, ConfigErrors};
+use crate::model::{AdapterDef, AdapterKind, Config, Endpoint, FailurePolicy};
+use crate::pattern::Pattern;
+use crate::raw::{Entry, Node, Value};
+use crate::url::AdapterUrl;
+use crate::{DEFAULT_ADAPTER_TIMEOUT, Format};
+
+/// Checks a parsed document and builds the model, or returns every problem in line order.
+pub(crate) fn build(doc: &Node, origin: &str, format: Format) -> Result<Config, ConfigErrors> {
+    let mut check = Checker {
+        origin,
+        errors: Vec::new(),
+    };
+    let config = check.config(doc, format);
+    if check.errors.is_empty() {
+        Ok(config)
+    } else {
+        check.errors.sort_by_key(|e| e.line);
+        Err(ConfigErrors(check.errors))
+    }
+}
+
+/// An endpoint before its pattern and chains are checked.
+struct RawEndpoint<'n> {
+    pattern: &'n str,
+    line: usize,
+    pre: Option<&'n Node>,
+    post: Option<&'n Node>,
+}
+
+struct Checker<'o> {
+    origin: &'o str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, line: usize, message: String) {
+        self.errors
+            .push(ConfigError::new(self.origin, Some(line), message));
+    }
+
+    fn config(&mut self, doc: &Node, format: Format) -> Config {
+        let mut config = Config {
+            origin: self.origin.to_owned(),
+            endpoints: Vec::new(),
+            adapters: Vec::new(),
+        };
+        let Value::Map(top) = &doc.value else {
+            self.error(
+                doc.line,
+                "the top level must be a table (version, endpoints, adapters)".into(),
+            );
+            return config;
+        };
+        let mut names = HashSet::new();
+        if let Some(adapters) = doc.get("adapters") {
+            config.adapters = self.adapters(adapters, &mut names);
+        }
+        for entry in top {
+            match entry.key.as_str() {
+                "version" => self.version(&entry.node),
+                "adapters" => {}
+                "endpoints" => {
+                    let raw = match format {
+                        Format::Toml => self.toml_endpoints(entry),
+                        Format::Yaml => self.yaml_endpoints(entry),
+                    };
+                    config.endpoints = raw
+                        .into_iter()
+                        .filter_map(|e| self.endpoint(e, &names))
+                        .collect();
+                }
+                other => self.error(
+                    entry.line,
+                    format!(
+                        "unknown key {other:?} at top level (expected version, endpoints, adapters)"
+                    ),
+                ),
+            }
+        }
+        config
+    }
+
+    fn version(&mut self, node: &Node) {
+        if node.to_json() != serde_json::json!(1) {
+            self.error(
+                node.line,
+                format!("unsupported version {} (expected 1)", node.describe()),
+            );
+        }
+    }
+
+    /// `[adapters]`: name → URL string or table. Every name goes into `names`, valid or not,
+    /// so a broken definition is reported once rather than again at each use.
+    fn adapters(&mut self, entry: &Entry, names: &mut HashSet<String>) -> Vec<AdapterDef> {
+        let Value::Map(entries) = &entry.node.value else {
+            self.error(
+                entry.line,
+                "adapters must be a table of name = URL or name = { url = ... }".into(),
+            );
+            return Vec::new();
+        };
+        entries
+            .iter()
+            .filter_map(|e| {
+                names.insert(e.key.clone());
+                self.adapter(e)
+            })
+            .collect()
+    }
+
+    fn adapter(&mut self, entry: &Entry) -> Option<AdapterDef> {
+        let name = &entry.key;
+        let def = |kind| AdapterDef {
+            name: name.clone(),
+            kind,
+            timeout: DEFAULT_ADAPTER_TIMEOUT,
+            failure: FailurePolicy::Fail,
+            line: entry.line,
+        };
+        if let Some(url) = entry.node.as_str() {
+            return self.url(name, &entry.node, url).map(def);
+        }
+        let Value::Map(fields) = &entry.node.value else {
+            self.error(
+                entry.line,
+                format!(
+                    "adapter {name:?} must be a URL string or a table with url or builtin, not {}",
+                    entry.node.describe()
+                ),
+            );
+            return None;
+        };
+        let kind = match (entry.node.get("url"), entry.node.get("builtin")) {
+            (Some(url), None) => {
+                for field in fields {
+                    if !matches!(field.key.as_str(), "url" | "timeout" | "failure") {
+                        self.error(
+                            field.line,
+                            format!("unknown key {:?} in adapter {name:?} (expected url, timeout, failure)", field.key),
+                        );
+                    }
+                }
+                match url.node.as_str() {
+                    Some(text) => self.url(name, &url.node, text),
+                    None => {
+                        self.error(
+                            url.line,
+                            format!(
+                                "adapter {name:?}: url must be a string, not {}",
+                                url.node.describe()
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, Some(builtin)) => {
+                let options = fields
+                    .iter()
+                    .filter(|f| !matches!(f.key.as_str(), "builtin" | "timeout" | "failure"))
+                    .map(|f| (f.key.clone(), f.node.to_json()))
+                    .collect();
+                match builtin.node.as_str() {
+                    Some(builtin) => Some(AdapterKind::Builtin {
+                        builtin: builtin.to_owned(),
+                        options,
+                    }),
+                    None => {
+                        self.error(
+                            builtin.line,
+                            format!(
+                                "adapter {name:?}: builtin must be a string, not {}",
+                                builtin.node.describe()
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            (Some(_), Some(_)) => {
+                self.error(
+                    entry.line,
+                    format!("adapter {name:?} has both url and builtin (expected exactly one)"),
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    entry.line,
+                    format!("adapter {name:?} has neither url nor builtin"),
+                );
+                None
+            }
+        };
+        let timeout = entry.node.get("timeout").map(|t| self.timeout(name, t));
+        let failure = entry.node.get("failure").map(|f| self.failure(name, f));
+        Some(AdapterDef {
+            timeout: timeout.unwrap_or(Some(DEFAULT_ADAPTER_TIMEOUT))?,
+            failure: failure.unwrap_or(Some(FailurePolicy::Fail))?,
+            ..def(kind?)
+        })
+    }
+
+    fn url(&mut self, name: &str, node: &Node, text: &str) -> Option<AdapterKind> {
+        match AdapterUrl::parse(text) {
+            Ok(url) => Some(AdapterKind::Http { url }),
+            Err(reason) => {
+                self.error(
+                    node.line,
+                    format!("adapter {name:?}: bad URL {text:?}: {reason}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn timeout(&mut self, name: &str, entry: &Entry) -> Option<Duration> {
+        let Some(text) = entry.node.as_str() else {
+            self.error(
+                entry.line,
+                format!(
+                    "adapter {name:?}: timeout must be a duration string such as \"500ms\" or \"2s\", not {}",
+                    entry.node.describe()
+                ),
+            );
+            return None;
+        };
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.error(
+                    entry.line,
+                    format!("adapter {name:?}: timeout must be greater than zero"),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(
+                    entry.line,
+                    format!("adapter {name:?}: bad timeout {text:?}: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn failure(&mut self, name: &str, entry: &Entry) -> Option<FailurePolicy> {
+        match entry.node.as_str() {
+            Some("fail") => Some(FailurePolicy::Fail),
+            Some("ignore") => Some(FailurePolicy::Ignore),
+            _ => {
+                self.error(
+                    entry.line,
+                    format!(
+                        "adapter {name:?}: failure must be \"fail\" or \"ignore\", not {}",
+                        entry.node.describe()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[[endpoints]]`: tables with `match`, `pre`, `post`.
+    fn toml_endpoints<'n>(&mut self, entry: &'n Entry) -> Vec<RawEndpoint<'n>> {
+        let Value::List(items) = &entry.node.value else {
+            self.error(
+                entry.line,
+                "endpoints must be an array of tables ([[endpoints]])".into(),
+            );
+            return Vec::new();
+        };
+        let mut endpoints = Vec::new();
+        for item in items {
+            let Value::Map(fields) = &item.value else {
+                self.error(
+                    item.line,
+                    format!(
+                        "endpoints must be an array of tables ([[endpoints]]), not {}",
+                        item.describe()
+                    ),
+                );
+                continue;
+            };
+            let Some(matcher) = item.get("match") else {
+                self.error(
+                    item.line,
+                    "endpoint has no match key (expected match = \"METHOD PATH\")".into(),
+                );
+                continue;
+            };
+            let Some(pattern) = matcher.node.as_str() else {
+                self.error(
+                    matcher.line,
+                    format!(
+                        "endpoint match must be a string \"METHOD PATH\", not {}",
+                        matcher.node.describe()
+                    ),
+                );
+                continue;
+            };
+            for field in fields {
+                if !matches!(field.key.as_str(), "match" | "pre" | "post") {
+                    self.error(
+                        field.line,
+                        format!(
+                            "unknown key {:?} in endpoint {pattern:?} (expected match, pre, post)",
+                            field.key
+                        ),
+                    );
+                }
+            }
+            endpoints.push(RawEndpoint {
+                pattern,
+                line: matcher.line,
+                pre: item.get("pre").map(|e| &e.node),
+                post: item.get("post").map(|e| &e.node),
+            });
+        }
+        endpoints
+    }
+
+    /// `endpoints:` a mapping of `"METHOD PATH"` to `{pre: [...], post: [...]}`.
+    fn yaml_endpoints<'n>(&mut self, entry: &'n Entry) -> Vec<RawEndpoint<'n>> {
+        let Value::Map(entries) = &entry.node.value else {
+            self.error(
+                entry.line,
+                "endpoints must be a mapping of \"METHOD PATH\" to pre/post lists".into(),
+            );
+            return Vec::new();
+        };
+        let mut endpoints = Vec::new();
+        for endpoint in entries {
+            let pattern = endpoint.key.as_str();
+            match &endpoint.node.value {
+                Value::Map(fields) => {
+                    for field in fields {
+                        if !matches!(field.key.as_str(), "pre" | "post") {
+                            self.error(
+                                field.line,
+                                format!(
+                                    "unknown key {:?} in endpoint {pattern:?} (expected pre, post)",
+                                    field.key
+                                ),
+                            );
+                        }
+                    }
+                }
+                _ if endpoint.node.is_null() => {}
+                _ => {
+                    self.error(
+                        endpoint.line,
+                        format!(
+                            "endpoint {pattern:?} must be a mapping with pre and/or post, not {}",
+                            endpoint.node.describe()
+                        ),
+                    );
+                    continue;
+                }
+            }
+            endpoints.push(RawEndpoint {
+                pattern,
+                line: endpoint.line,
+                pre: endpoint.node.get("pre").map(|e| &e.node),
+                post: endpoint.node.get("post").map(|e| &e.node),
+            });
+        }
+        endpoints
+    }
+
+    fn endpoint(&mut self, raw: RawEndpoint<'_>, names: &HashSet<String>) -> Option<Endpoint> {
+        let pattern = Pattern::new(raw.pattern)
+            .map_err(|e| self.error(raw.line, e.to_string()))
+            .ok();
+        if raw.pre.is_none() && raw.post.is_none() {
+            self.error(
+                raw.line,
+                format!("endpoint {:?} has neither pre nor post", raw.pattern),
+            );
+        }
+        let pre = self.chain(raw.pattern, "pre", raw.pre, names);
+        let post = self.chain(raw.pattern, "post", raw.post, names);
+        Some(Endpoint {
+            pattern: pattern?,
+            pre: pre?,
+            post: post?,
+            line: raw.line,
+        })
+    }
+
+    fn chain(
+        &mut self,
+        endpoint: &str,
+        which: &str,
+        node: Option<&Node>,
+        names: &HashSet<String>,
+    ) -> Option<Vec<String>> {
+        let Some(node) = node else {
+            return Some(Vec::new());
+        };
+        let Value::List(items) = &node.value else {
+            self.error(
+                node.line,
+                format!(
+                    "endpoint {endpoint:?}: {which} must be a list of adapter names, not {}",
+                    node.describe()
+                ),
+            );
+            return None;
+        };
+        let mut chain = Some(Vec::new());
+        for item in items {
+            match item.as_str() {
+                Some(name) if names.contains(name) => {
+                    if let Some(chain) = &mut chain {
+                        chain.push(name.to_owned());
+                    }
+                }
+                Some(name) => {
+                    self.error(
+                        item.line,
+                        format!("endpoint {endpoint:?} uses adapter {name:?} in its {which} chain, but no adapter {name:?} is defined"),
+                    );
+                    chain = None;
+                }
+                None => {
+                    self.error(
+                        item.line,
+                        format!("endpoint {endpoint:?}: {which} must be a list of adapter names, not contain {}", item.describe()),
+                    );
+                    chain = None;
+                }
+            }
+        }
+        chain
+    }
+}

@@ -1,0 +1,352 @@
+//! Adapter chains: built once from a validated configuration, resolved per request, and
+//! run in order with timeouts and failure policies.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use powerstrip_adapter::{Adapter, ClientRequest, HookError, ServerResponse};
+use powerstrip_config::{AdapterKind, Config, ConfigError, ConfigErrors, FailurePolicy, Pattern};
+use powerstrip_protocol::HookType;
+use tracing::{info, warn};
+
+use crate::error::{ProxyError, humanize};
+use crate::http_adapter::HttpAdapter;
+
+/// Builds an in-process adapter from the options an operator wrote in its table.
+pub type BuiltinFactory = Arc<
+    dyn Fn(&serde_json::Map<String, serde_json::Value>) -> Result<Arc<dyn Adapter>, String>
+        + Send
+        + Sync,
+>;
+
+/// The in-process adapters a binary links, by the name configs use in `builtin = "..."`.
+/// The proxy knows no adapter by name: whoever embeds it registers them here.
+#[derive(Clone, Default)]
+pub struct Builtins {
+    /// Factories by builtin name.
+    factories: BTreeMap<String, BuiltinFactory>,
+}
+
+impl Builtins {
+    /// No builtins.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a builtin adapter under `name`.
+    pub fn register(&mut self, name: impl Into<String>, factory: BuiltinFactory) -> &mut Self {
+        self.factories.insert(name.into(), factory);
+        self
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.factories.keys().map(String::as_str)
+    }
+}
+
+impl fmt::Debug for Builtins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+/// One configured adapter, ready to call.
+pub struct Hook {
+    /// The adapter's name in the configuration (what logs and errors show).
+    name: Arc<str>,
+    /// The adapter itself: in-process, or the HTTP client for a remote one.
+    adapter: Arc<dyn Adapter>,
+    /// How long one call may take.
+    timeout: Duration,
+    /// What a failure (not a refusal) does to the request.
+    failure: FailurePolicy,
+}
+
+impl Hook {
+    /// The adapter's configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Debug for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hook")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The chains of one endpoint pattern.
+#[derive(Debug)]
+struct Route {
+    pattern: Pattern,
+    pre: Vec<Arc<Hook>>,
+    post: Vec<Arc<Hook>>,
+}
+
+/// Every endpoint's chains, in file order.
+#[derive(Debug, Default)]
+pub struct Chains {
+    routes: Vec<Route>,
+}
+
+/// Limits that apply while building chains.
+#[derive(Clone, Copy, Debug)]
+pub struct ChainOptions {
+    /// The largest answer read from an HTTP adapter.
+    pub max_answer: usize,
+}
+
+/// What one request runs: the chains of every matching pattern, concatenated in file order.
+#[derive(Debug, Default)]
+pub struct Matched<'a> {
+    /// The patterns that matched, in file order.
+    pub patterns: Vec<&'a str>,
+    /// The pre-hooks to run, in order.
+    pub pre: Vec<&'a Hook>,
+    /// The post-hooks to run, in order.
+    pub post: Vec<&'a Hook>,
+}
+
+impl Matched<'_> {
+    /// True when no hook runs for this request.
+    pub fn is_empty(&self) -> bool {
+        self.pre.is_empty() && self.post.is_empty()
+    }
+}
+
+impl Chains {
+    /// Builds every adapter of `config` once and the chains that use them. Unknown
+    /// builtins, bad builtin options and unsupported URLs are reported as configuration
+    /// errors with their line.
+    pub fn build(
+        config: &Config,
+        builtins: &Builtins,
+        options: ChainOptions,
+    ) -> Result<Chains, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut hooks: HashMap<&str, Arc<Hook>> = HashMap::new();
+        for def in &config.adapters {
+            let error = |message: String| ConfigError {
+                origin: config.origin.clone(),
+                line: Some(def.line),
+                message,
+            };
+            let adapter: Arc<dyn Adapter> = match &def.kind {
+                AdapterKind::Http { url } => match HttpAdapter::new(url, options.max_answer) {
+                    Ok(adapter) => Arc::new(adapter),
+                    Err(e) => {
+                        errors.push(error(format!("adapter {:?}: {e}", def.name)));
+                        continue;
+                    }
+                },
+                AdapterKind::Builtin { builtin, options } => {
+                    let Some(factory) = builtins.factories.get(builtin) else {
+                        let known: Vec<&str> = builtins.names().collect();
+                        errors.push(error(format!(
+                            "adapter {:?}: unknown builtin {builtin:?} (this build has: {})",
+                            def.name,
+                            if known.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        )));
+                        continue;
+                    };
+                    match factory(options) {
+                        Ok(adapter) => adapter,
+                        Err(e) => {
+                            errors.push(error(format!("adapter {:?} ({builtin}): {e}", def.name)));
+                            continue;
+                        }
+                    }
+                }
+            };
+            hooks.insert(
+                &def.name,
+                Arc::new(Hook {
+                    name: def.name.as_str().into(),
+                    adapter,
+                    timeout: def.timeout,
+                    failure: def.failure,
+                }),
+            );
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        // The configuration is validated: every name in a chain is defined.
+        let resolve = |names: &[String]| -> Vec<Arc<Hook>> {
+            names
+                .iter()
+                .filter_map(|n| hooks.get(n.as_str()).cloned())
+                .collect()
+        };
+        let routes = config
+            .endpoints
+            .iter()
+            .map(|e| Route {
+                pattern: e.pattern.clone(),
+                pre: resolve(&e.pre),
+                post: resolve(&e.post),
+            })
+            .collect();
+        Ok(Chains { routes })
+    }
+
+    /// True when no endpoint is configured: every request passes straight through.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// The hooks a request runs. `path` excludes the query string.
+    pub fn matched(&self, method: &str, path: &str) -> Matched<'_> {
+        let mut matched = Matched::default();
+        for route in &self.routes {
+            if route.pattern.matches(method, path) {
+                matched.patterns.push(route.pattern.as_str());
+                matched.pre.extend(route.pre.iter().map(Arc::as_ref));
+                matched.post.extend(route.post.iter().map(Arc::as_ref));
+            }
+        }
+        matched
+    }
+}
+
+/// Runs the pre-hooks in order; each receives the previous one's request.
+pub(crate) async fn run_pre(
+    hooks: &[&Hook],
+    mut request: ClientRequest,
+) -> Result<ClientRequest, ProxyError> {
+    // Every adapter must leave these as the client sent them.
+    let method = request.method.clone();
+    let path = request.path().to_owned();
+    for hook in hooks {
+        let started = Instant::now();
+        let fallback = (hook.failure == FailurePolicy::Ignore).then(|| request.clone());
+        let outcome = tokio::time::timeout(hook.timeout, hook.adapter.pre_hook(request)).await;
+        let result = match outcome {
+            Err(_) => Err(timeout_error(hook)),
+            Ok(Err(error)) => Err(error),
+            Ok(Ok(modified)) => check_rewrite(&method, &path, &modified).map(|()| modified),
+        };
+        request = finish(hook, HookType::PreHook, started, result, fallback)?;
+    }
+    Ok(request)
+}
+
+/// Runs the post-hooks in order; each receives the previous one's response.
+pub(crate) async fn run_post(
+    hooks: &[&Hook],
+    request: &ClientRequest,
+    mut response: ServerResponse,
+) -> Result<ServerResponse, ProxyError> {
+    for hook in hooks {
+        let started = Instant::now();
+        let fallback = (hook.failure == FailurePolicy::Ignore).then(|| response.clone());
+        let outcome =
+            tokio::time::timeout(hook.timeout, hook.adapter.post_hook(request, response)).await;
+        let result = match outcome {
+            Err(_) => Err(timeout_error(hook)),
+            Ok(Err(error)) => Err(error),
+            Ok(Ok(modified)) => check_response(&modified).map(|()| modified),
+        };
+        response = finish(hook, HookType::PostHook, started, result, fallback)?;
+    }
+    Ok(response)
+}
+
+fn timeout_error(hook: &Hook) -> HookError {
+    HookError::timed_out(format!("no answer within {}", humanize(hook.timeout)))
+}
+
+/// Logs one hook call and applies the failure policy: a failure of an adapter whose
+/// policy is `ignore` yields the input unchanged; anything else ends the chain.
+fn finish<T>(
+    hook: &Hook,
+    kind: HookType,
+    started: Instant,
+    result: Result<T, HookError>,
+    fallback: Option<T>,
+) -> Result<T, ProxyError> {
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    match result {
+        Ok(value) => {
+            info!(adapter = %hook.name, hook = %kind, elapsed_ms, outcome = "ok", "hook");
+            Ok(value)
+        }
+        Err(error) if error.is_refusal() => {
+            info!(adapter = %hook.name, hook = %kind, elapsed_ms, outcome = "refused",
+                status = error.status().as_u16(), message = error.message(), "hook");
+            Err(adapter_error(hook, kind, error))
+        }
+        Err(error) => match fallback {
+            Some(unchanged) => {
+                warn!(adapter = %hook.name, hook = %kind, elapsed_ms, outcome = "ignored",
+                    error = error.message(), "hook failed; skipped (failure = \"ignore\")");
+                Ok(unchanged)
+            }
+            None => {
+                warn!(adapter = %hook.name, hook = %kind, elapsed_ms, outcome = "failed",
+                    error = error.message(), "hook");
+                Err(adapter_error(hook, kind, error))
+            }
+        },
+    }
+}
+
+fn adapter_error(hook: &Hook, kind: HookType, error: HookError) -> ProxyError {
+    ProxyError::Adapter {
+        adapter: hook.name.to_string(),
+        hook: kind,
+        error,
+    }
+}
+
+/// An adapter may rewrite the query string and the body, never the method or the path:
+/// moving a request to another endpoint would bypass the chains configured for it.
+fn check_rewrite(method: &str, path: &str, after: &ClientRequest) -> Result<(), HookError> {
+    if after.method != method {
+        return Err(HookError::failed(format!(
+            "changed the method from {method} to {}; adapters may rewrite only the query string and the body",
+            after.method
+        )));
+    }
+    if after.path() != path {
+        return Err(HookError::failed(format!(
+            "changed the path from {path} to {}; adapters may rewrite only the query string and the body",
+            after.path()
+        )));
+    }
+    if after.request.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(HookError::failed(format!(
+            "answered an invalid Request {:?}",
+            after.request
+        )));
+    }
+    Ok(())
+}
+
+/// A post-hook's `Code` must be an HTTP status and its `ContentType` a header value.
+fn check_response(response: &ServerResponse) -> Result<(), HookError> {
+    if !(100..=599).contains(&response.code) {
+        return Err(HookError::failed(format!(
+            "answered an invalid Code {}",
+            response.code
+        )));
+    }
+    if http::HeaderValue::from_str(&response.content_type).is_err() {
+        return Err(HookError::failed(format!(
+            "answered an invalid ContentType {:?}",
+            response.content_type
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! Adapters reached over HTTP: the proxy's side of PowerstripProtocolVersion 1.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderValue, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use powerstrip_adapter::{Adapter, ClientRequest, HookError, ServerResponse};
+use powerstrip_config::AdapterUrl;
+use powerstrip_protocol::{
+    HookCall, ProtocolError, decode_post_answer, decode_pre_answer, encode_call,
+};
+
+use crate::connect::{Connector, Target};
+use crate::error::root_cause;
+use crate::upstream::{placeholder_uri, pooled_client};
+
+/// The longest refusal text passed on to the client from an adapter's non-JSON answer.
+const MAX_MESSAGE_CHARS: usize = 1024;
+
+/// An adapter served over HTTP (by anyone, in any language), called through a pooled
+/// client. Timeouts and failure policies are applied by the chain runner, as for every
+/// adapter.
+#[derive(Debug)]
+pub struct HttpAdapter {
+    /// The URL as configured, for messages.
+    url: String,
+    /// The request target: a placeholder authority and the hook path.
+    uri: Uri,
+    /// The `Host` header to send (the client leaves `Host` alone).
+    host: HeaderValue,
+    /// A keep-alive pool to this adapter alone.
+    client: Client<Connector, Full<Bytes>>,
+    /// The largest answer read from the adapter.
+    max_answer: usize,
+}
+
+/// Why an [`HttpAdapter`] could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HttpAdapterError(String);
+
+impl HttpAdapter {
+    /// A client for the adapter at `url`. `max_answer` bounds the answers it reads.
+    pub fn new(url: &AdapterUrl, max_answer: usize) -> Result<Self, HttpAdapterError> {
+        let (target, path, host) = match url {
+            AdapterUrl::Tcp { https: true, .. } => {
+                return Err(HttpAdapterError(format!(
+                    "https adapters are not supported by this build: {url}"
+                )));
+            }
+            AdapterUrl::Tcp {
+                host,
+                port,
+                path_and_query,
+                ..
+            } => {
+                let authority = crate::addr::Address::tcp_target(host, *port);
+                (
+                    Target::Tcp(authority.clone().into()),
+                    path_and_query.clone(),
+                    authority,
+                )
+            }
+            AdapterUrl::Unix { socket } => (
+                Target::Unix(Arc::new(socket.clone())),
+                "/".to_owned(),
+                "localhost".to_owned(),
+            ),
+        };
+        let uri: Uri = path
+            .parse()
+            .map_err(|e| HttpAdapterError(format!("bad adapter URL {url}: {e}")))?;
+        let host = HeaderValue::from_str(&host)
+            .map_err(|e| HttpAdapterError(format!("bad adapter URL {url}: {e}")))?;
+        Ok(HttpAdapter {
+            url: url.to_string(),
+            uri: placeholder_uri(&uri),
+            host,
+            client: pooled_client(Connector::new(target)),
+            max_answer,
+        })
+    }
+
+    /// POSTs one call and returns the body of a 2xx answer; any other answer becomes the
+    /// matching [`HookError`].
+    async fn call(&self, call: &HookCall) -> Result<Bytes, HookError> {
+        let mut request = Request::new(Full::new(Bytes::from(encode_call(call))));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(header::HOST, self.host.clone());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let response = self.client.request(request).await.map_err(|err| {
+            HookError::failed(format!("cannot reach {}: {}", self.url, root_cause(&err)))
+        })?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), self.max_answer)
+            .collect()
+            .await
+            .map_err(|err| {
+                HookError::failed(format!(
+                    "could not read the answer from {}: {}",
+                    self.url,
+                    root_cause(err.as_ref())
+                ))
+            })?
+            .to_bytes();
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(refusal(status, &body))
+        }
+    }
+
+    fn invalid(&self, err: ProtocolError) -> HookError {
+        HookError::failed(format!("invalid answer from {}: {err}", self.url))
+    }
+}
+
+/// Turns a non-2xx answer into an error carrying the adapter's status and message. A 4xx
+/// is a refusal (the adapter said no); a 5xx is a failure, which failure policies may skip.
+fn refusal(status: StatusCode, body: &[u8]) -> HookError {
+    let message = docker_message(body).unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        if text.is_empty() {
+            format!("adapter answered {status} with no message")
+        } else {
+            text.chars().take(MAX_MESSAGE_CHARS).collect()
+        }
+    });
+    if status.is_server_error() {
+        HookError::failed(message).with_status(status)
+    } else {
+        HookError::refuse(status, message)
+    }
+}
+
+/// The `message` of a Docker-style JSON error body.
+fn docker_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("message")?.as_str().map(str::to_owned)
+}
+
+#[async_trait]
+impl Adapter for HttpAdapter {
+    async fn pre_hook(&self, request: ClientRequest) -> Result<ClientRequest, HookError> {
+        let answer = self
+            .call(&HookCall::PreHook {
+                client_request: request,
+            })
+            .await?;
+        decode_pre_answer(&answer).map_err(|e| self.invalid(e))
+    }
+
+    async fn post_hook(
+        &self,
+        request: &ClientRequest,
+        response: ServerResponse,
+    ) -> Result<ServerResponse, HookError> {
+        let answer = self
+            .call(&HookCall::PostHook {
+                client_request: request.clone(),
+                server_response: response,
+            })
+            .await?;
+        decode_post_answer(&answer).map_err(|e| self.invalid(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use powerstrip_adapter::HookErrorKind;
+
+    #[test]
+    fn refusals_keep_status_and_docker_message() {
+        let err = refusal(
+            StatusCode::FORBIDDEN,
+            br#"{"message":"no root containers"}"#,
+        );
+        assert_eq!(err.status(), StatusCode::FORBIDDEN);
+        assert_eq!(err.message(), "no root containers");
+        assert!(err.is_refusal());
+    }
+
+    #[test]
+    fn plain_text_and_empty_refusals_are_worded() {
+        let err = refusal(StatusCode::CONFLICT, b"  quota exceeded\n");
+        assert_eq!(err.message(), "quota exceeded");
+        let err = refusal(StatusCode::BAD_REQUEST, b"");
+        assert_eq!(
+            err.message(),
+            "adapter answered 400 Bad Request with no message"
+        );
+    }
+
+    #[test]
+    fn server_errors_are_failures_with_their_status() {
+        let err = refusal(StatusCode::INTERNAL_SERVER_ERROR, b"<html>Traceback</html>");
+        assert_eq!(err.kind(), HookErrorKind::Failed);
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -1,0 +1,42 @@
+//! # powerstrip-core: the proxy
+//!
+//! A transparent Docker Engine API proxy that runs PowerstripProtocolVersion 1 adapter
+//! chains around matching calls. It stands where clients expect Docker's socket; every
+//! call it does not hook behaves as if the client talked to Docker directly, streams and
+//! interactive sessions included.
+//!
+//! ## Layout
+//! - [`addr`]: `unix:///path` and `tcp://host:port` addresses.
+//! - [`server`]: listeners, the accept loop and graceful shutdown ([`serve`]).
+//! - [`proxy`]: one request's path — match, pre chain, Docker, post chain, respond — and
+//!   the streaming and upgrade bypasses ([`Proxy`]).
+//! - [`chains`]: adapters built from the configuration, matched per request and run in
+//!   order with timeouts and failure policies ([`Chains`], [`Builtins`]).
+//! - [`http_adapter`]: the client side of the protocol for adapters served over HTTP.
+//! - [`upstream`]: the pooled client to Docker.
+//! - [`error`]: every failure, and the one function that turns it into a Docker-shaped
+//!   response.
+//!
+//! The proxy knows no adapter by name: binaries register their in-process adapters in a
+//! [`Builtins`] and adapters implement [`powerstrip_adapter::Adapter`].
+#![forbid(unsafe_code)]
+
+pub mod addr;
+mod body;
+pub mod chains;
+mod connect;
+pub mod error;
+mod headers;
+pub mod http_adapter;
+pub mod proxy;
+pub mod server;
+mod streaming;
+pub mod upstream;
+
+pub use addr::Address;
+pub use body::ProxyBody;
+pub use chains::{BuiltinFactory, Builtins, ChainOptions, Chains};
+pub use error::ProxyError;
+pub use proxy::{Limits, Proxy};
+pub use server::{Listener, ServerOptions, serve};
+pub use upstream::Upstream;

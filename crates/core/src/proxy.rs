@@ -1,0 +1,386 @@
+//! One request's path through the proxy:
+//! match → pre chain → Docker → post chain → respond, with the streaming bypasses.
+//!
+//! - No hook matches: headers are cleaned of hop-by-hop fields and both bodies stream.
+//! - A request body that is not JSON (a build context, an archive) skips the pre-hooks and
+//!   streams untouched; a JSON body (or none) is collected, bounded, for the hooks.
+//! - An upgrade (`101`: attach, exec, BuildKit sessions) becomes a two-way byte pipe with
+//!   half-close; post-hooks are skipped.
+//! - A streamed response (events, logs, build, pull, wait...) or a binary one streams
+//!   through; post-hooks are skipped.
+//! - Otherwise Docker's answer is collected, bounded, and handed to the post-hooks, whose
+//!   final `Code`, `ContentType` and `Body` the client receives.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Either, Limited};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use powerstrip_adapter::{ClientRequest, ServerResponse};
+use tracing::{Instrument, Span, debug, field, info, info_span, warn};
+
+use crate::body::{ProxyBody, empty, full};
+use crate::chains::{Chains, Matched, run_post, run_pre};
+use crate::error::{ProxyError, root_cause};
+use crate::headers::{is_json, is_upgrade, media_type, set_content_length, strip_hop_by_hop};
+use crate::streaming::is_streaming_endpoint;
+use crate::upstream::Upstream;
+
+/// The largest body handed to hooks by default (request or response), 32 MiB.
+pub const DEFAULT_MAX_HOOK_BODY: usize = 32 << 20;
+
+/// Bounds on what the proxy buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The largest JSON body collected for hooks: a bigger request gets `413`, a bigger
+    /// Docker answer on a post-hooked endpoint gets `502`.
+    pub max_hook_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_hook_body: DEFAULT_MAX_HOOK_BODY,
+        }
+    }
+}
+
+/// The proxy: Docker's address, the adapter chains and the limits. One value serves every
+/// connection.
+#[derive(Debug)]
+pub struct Proxy {
+    /// The pooled client to Docker.
+    upstream: Upstream,
+    /// The chains, built from the configuration.
+    chains: Chains,
+    /// Bounds on buffering.
+    limits: Limits,
+    /// Numbers requests for the logs.
+    next_id: AtomicU64,
+}
+
+/// What a request body is, as far as hooks are concerned.
+enum RequestBody {
+    /// No body: hooks see `"Body": null`.
+    Empty,
+    /// A JSON body: collected and handed to hooks.
+    Json,
+    /// Anything else: streamed untouched, pre-hooks skipped.
+    Opaque,
+}
+
+impl Proxy {
+    /// A proxy in front of `upstream` running `chains`.
+    pub fn new(upstream: Upstream, chains: Chains, limits: Limits) -> Self {
+        Proxy {
+            upstream,
+            chains,
+            limits,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Docker's address.
+    pub fn docker_address(&self) -> &str {
+        self.upstream.address()
+    }
+
+    /// Answers one request. Never fails: every error becomes a Docker-shaped response.
+    pub async fn handle(self: &Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!(
+            "request",
+            id,
+            method = %request.method(),
+            path = %request.uri().path(),
+            patterns = field::Empty,
+            status = field::Empty,
+        );
+        let started = Instant::now();
+        async move {
+            let matched = self
+                .chains
+                .matched(request.method().as_str(), request.uri().path());
+            let hooked = !matched.is_empty();
+            if hooked {
+                Span::current().record("patterns", field::display(matched.patterns.join(", ")));
+            }
+            let response = match self.forward(request, &matched).await {
+                Ok(response) => response,
+                Err(err) => {
+                    warn!(error = %err, "request failed");
+                    err.into_response()
+                }
+            };
+            let status = response.status().as_u16();
+            Span::current().record("status", status);
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+            if hooked {
+                info!(elapsed_ms, "done");
+            } else {
+                debug!(elapsed_ms, "done");
+            }
+            response
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        matched: &Matched<'_>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let upgrade = is_upgrade(request.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+
+        // The request as Docker receives it, kept for the post-hooks.
+        let mut docker_request: Option<ClientRequest> = None;
+        let body: ProxyBody = if matched.is_empty() {
+            Either::Left(body)
+        } else {
+            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            match classify(&parts.headers, &body) {
+                RequestBody::Opaque => {
+                    if !matched.pre.is_empty() {
+                        debug!("pre-hooks skipped: the request body is not JSON");
+                    }
+                    docker_request = Some(ClientRequest::new(parts.method.as_str(), target, None));
+                    Either::Left(body)
+                }
+                kind => {
+                    let text = match kind {
+                        RequestBody::Json => {
+                            Some(self.collect_request(&parts.headers, body).await?)
+                        }
+                        _ => None,
+                    };
+                    let original = ClientRequest::new(parts.method.as_str(), target, text);
+                    let modified = if matched.pre.is_empty() {
+                        original
+                    } else {
+                        let modified = run_pre(&matched.pre, original).await?;
+                        apply_request(&mut parts.uri, &mut parts.headers, &modified)?;
+                        modified
+                    };
+                    let bytes = match &modified.body {
+                        Some(text) => Bytes::copy_from_slice(text.as_bytes()),
+                        None => Bytes::new(),
+                    };
+                    set_content_length(&mut parts.headers, bytes.len());
+                    if !matched.post.is_empty() {
+                        docker_request = Some(modified);
+                    }
+                    full(bytes)
+                }
+            }
+        };
+
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_owned();
+        let mut response = self.upstream.send(Request::from_parts(parts, body)).await?;
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::DockerBody(
+                    "Docker switched protocols on a request that did not ask to".into(),
+                ));
+            };
+            if !matched.post.is_empty() {
+                debug!("post-hooks skipped: the connection was upgraded");
+            }
+            let docker_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(splice(client_upgrade, docker_upgrade).instrument(Span::current()));
+            let (mut parts, _) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            return Ok(Response::from_parts(parts, empty()));
+        }
+
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        let post_request = match docker_request {
+            Some(request) if !matched.post.is_empty() => request,
+            _ => return Ok(Response::from_parts(parts, Either::Left(body))),
+        };
+        if let Err(reason) = post_hookable(&method, &path, &parts.headers, &body) {
+            debug!("post-hooks skipped: {reason}");
+            return Ok(Response::from_parts(parts, Either::Left(body)));
+        }
+
+        let server_response = ServerResponse {
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+            body: self.collect_response(body).await?,
+            code: parts.status.as_u16(),
+        };
+        let modified = run_post(&matched.post, &post_request, server_response).await?;
+        Ok(apply_response(parts, modified))
+    }
+
+    /// Collects a JSON request body for the hooks, refusing it beyond the limit.
+    async fn collect_request(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+    ) -> Result<String, ProxyError> {
+        let limit = self.limits.max_hook_body;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(ProxyError::RequestTooLarge { limit });
+        }
+        let bytes = match Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                return Err(ProxyError::RequestTooLarge { limit });
+            }
+            Err(err) => {
+                return Err(ProxyError::BadRequestBody(format!(
+                    "could not read it: {}",
+                    root_cause(err.as_ref())
+                )));
+            }
+        };
+        String::from_utf8(bytes.into()).map_err(|_| {
+            ProxyError::BadRequestBody("it is declared as JSON but is not valid UTF-8".into())
+        })
+    }
+
+    /// Collects Docker's answer for the post-hooks (`None` when it has no body).
+    async fn collect_response(&self, body: Incoming) -> Result<Option<String>, ProxyError> {
+        let limit = self.limits.max_hook_body;
+        let bytes = match Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                return Err(ProxyError::ResponseTooLarge { limit });
+            }
+            Err(err) => return Err(ProxyError::DockerBody(root_cause(err.as_ref()))),
+        };
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        String::from_utf8(bytes.into())
+            .map(Some)
+            .map_err(|_| ProxyError::ResponseNotText("its body is not valid UTF-8".into()))
+    }
+}
+
+/// Serves requests with `proxy` (the shape hyper's `service_fn` wants).
+pub(crate) async fn service(
+    proxy: Arc<Proxy>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(proxy.handle(request).await)
+}
+
+fn classify(headers: &HeaderMap, body: &Incoming) -> RequestBody {
+    if body.is_end_stream() {
+        return RequestBody::Empty;
+    }
+    match media_type(headers) {
+        Some(media) if is_json(&media) => RequestBody::Json,
+        _ => RequestBody::Opaque,
+    }
+}
+
+/// Applies a rewritten query string and sets a JSON content type for a body the client
+/// did not send.
+fn apply_request(
+    uri: &mut Uri,
+    headers: &mut HeaderMap,
+    modified: &ClientRequest,
+) -> Result<(), ProxyError> {
+    if uri.path_and_query().map(|pq| pq.as_str()) != Some(modified.request.as_str()) {
+        // run_pre checked that the path is unchanged and the target parses.
+        *uri = modified
+            .request
+            .parse()
+            .map_err(|e| ProxyError::BadRequestBody(format!("rewritten request target: {e}")))?;
+    }
+    if modified.body.is_some() && !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    Ok(())
+}
+
+/// Whether Docker's answer can be handed to post-hooks: a complete JSON or text document
+/// (or no body at all) from an endpoint that does not stream.
+fn post_hookable(
+    method: &http::Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Incoming,
+) -> Result<(), &'static str> {
+    if is_streaming_endpoint(method, path) {
+        return Err("Docker streams this endpoint's response");
+    }
+    match media_type(headers) {
+        None if body.is_end_stream() => Ok(()),
+        None => Err("the response has a body but no content type"),
+        Some(media) if is_json(&media) || media.starts_with("text/") => Ok(()),
+        Some(_) => Err("the response body is not JSON or text"),
+    }
+}
+
+/// Builds the client's response from the last post-hook's `Code`, `ContentType` and `Body`,
+/// keeping Docker's other headers.
+fn apply_response(
+    mut parts: http::response::Parts,
+    modified: ServerResponse,
+) -> Response<ProxyBody> {
+    // run_post checked that Code is a status and ContentType a header value.
+    parts.status = StatusCode::from_u16(modified.code).unwrap_or(StatusCode::BAD_GATEWAY);
+    parts.headers.remove(header::CONTENT_TYPE);
+    if !modified.content_type.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&modified.content_type)
+    {
+        parts.headers.insert(header::CONTENT_TYPE, value);
+    }
+    let bytes = Bytes::from(modified.body.unwrap_or_default());
+    let bodyless = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if bodyless {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    } else {
+        set_content_length(&mut parts.headers, bytes.len());
+    }
+    Response::from_parts(parts, full(bytes))
+}
+
+/// Pipes an upgraded client connection and Docker's both ways until both sides are done;
+/// an EOF from either side is passed on as a half-close (so `docker run -i` sees stdin end).
+async fn splice(client: OnUpgrade, docker: OnUpgrade) {
+    let (client, docker) = match tokio::try_join!(client, docker) {
+        Ok(pair) => pair,
+        Err(err) => {
+            warn!(error = %err, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut docker = TokioIo::new(docker);
+    match tokio::io::copy_bidirectional(&mut client, &mut docker).await {
+        Ok((to_docker, to_client)) => debug!(to_docker, to_client, "upgraded session ended"),
+        Err(err) => debug!(error = %err, "upgraded session ended with an error"),
+    }
+}

@@ -1,0 +1,463 @@
+//! # PowerstripProtocolVersion 1
+//!
+//! The wire contract between the proxy and its adapters, as the original Powerstrip
+//! (ClusterHQ, 2015) defined it, so that adapters written for it in any language work
+//! unchanged. This crate holds the types and their JSON encoding and nothing else: it knows
+//! no HTTP, no sockets and no runtime.
+//!
+//! ## Layout
+//! - [`ClientRequest`] and [`ServerResponse`]: the two documents adapters read and rewrite.
+//! - [`HookCall`]: what the proxy POSTs to an adapter (a pre-hook or a post-hook call).
+//! - [`encode_call`] / [`decode_call`]: the call, for proxies and adapter servers.
+//! - [`encode_pre_answer`] / [`decode_pre_answer`] and [`encode_post_answer`] /
+//!   [`decode_post_answer`]: the adapter's answer (`ModifiedClientRequest` /
+//!   `ModifiedServerResponse`).
+//! - [`ProtocolError`]: why a document was refused, worded for the person who has to fix
+//!   the adapter.
+//!
+//! Field names and casing on the wire are exact (`PowerstripProtocolVersion`, `Type`,
+//! `ClientRequest`, `Method`, `Request`, `Body`, `ServerResponse`, `ContentType`, `Code`).
+//! Every field is required; `Body` may be `null`. Unknown fields are ignored.
+//!
+//! ```
+//! use powerstrip_protocol::{decode_pre_answer, encode_call, ClientRequest, HookCall};
+//!
+//! let request = ClientRequest::new("POST", "/v1.41/containers/create?name=web", Some(r#"{"Image":"busybox"}"#.into()));
+//! let call = encode_call(&HookCall::PreHook { client_request: request.clone() });
+//! assert!(String::from_utf8_lossy(&call).contains(r#""Type":"pre-hook""#));
+//!
+//! // A pass-through adapter answers with the request it was given.
+//! let answer = br#"{"PowerstripProtocolVersion": 1, "ModifiedClientRequest":
+//!     {"Method": "POST", "Request": "/v1.41/containers/create?name=web", "Body": "{\"Image\":\"busybox\"}"}}"#;
+//! assert_eq!(decode_pre_answer(answer).unwrap(), request);
+//! ```
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The protocol version this crate speaks; every call and answer carries it.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// The `Type` of a hook call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum HookType {
+    /// Before the request reaches Docker; the adapter may rewrite or refuse the request.
+    #[serde(rename = "pre-hook")]
+    PreHook,
+    /// After Docker answered; the adapter may rewrite the response.
+    #[serde(rename = "post-hook")]
+    PostHook,
+}
+
+impl HookType {
+    /// The name on the wire (`pre-hook`, `post-hook`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookType::PreHook => "pre-hook",
+            HookType::PostHook => "post-hook",
+        }
+    }
+}
+
+impl std::fmt::Display for HookType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A Docker API request as adapters see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// The HTTP method, e.g. `POST`.
+    #[serde(rename = "Method")]
+    pub method: String,
+    /// The request target: the path *with* its query string, e.g.
+    /// `/v1.41/containers/create?name=web`.
+    #[serde(rename = "Request")]
+    pub request: String,
+    /// The request body as text (Docker bodies are JSON), or `None` when there is none.
+    #[serde(rename = "Body", deserialize_with = "required_nullable")]
+    pub body: Option<String>,
+}
+
+impl ClientRequest {
+    /// A request from its three parts.
+    pub fn new(
+        method: impl Into<String>,
+        request: impl Into<String>,
+        body: Option<String>,
+    ) -> Self {
+        ClientRequest {
+            method: method.into(),
+            request: request.into(),
+            body,
+        }
+    }
+
+    /// The path part of [`ClientRequest::request`], without the query string.
+    pub fn path(&self) -> &str {
+        self.request
+            .split_once('?')
+            .map_or(self.request.as_str(), |(path, _)| path)
+    }
+
+    /// The query string of [`ClientRequest::request`] (without the `?`), if any.
+    pub fn query(&self) -> Option<&str> {
+        self.request.split_once('?').map(|(_, query)| query)
+    }
+}
+
+/// Docker's answer as adapters see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerResponse {
+    /// The response's `Content-Type`, or the empty string when Docker sent none.
+    #[serde(rename = "ContentType")]
+    pub content_type: String,
+    /// The response body as text, or `None` when there is none.
+    #[serde(rename = "Body", deserialize_with = "required_nullable")]
+    pub body: Option<String>,
+    /// The HTTP status code.
+    #[serde(rename = "Code")]
+    pub code: u16,
+}
+
+/// One call from the proxy to an adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HookCall {
+    /// A pre-hook call: the adapter answers with a `ModifiedClientRequest`.
+    PreHook {
+        /// The request as the previous pre-hook left it (or as the client sent it).
+        client_request: ClientRequest,
+    },
+    /// A post-hook call: the adapter answers with a `ModifiedServerResponse`.
+    PostHook {
+        /// The request as Docker received it, after every pre-hook.
+        client_request: ClientRequest,
+        /// The response as the previous post-hook left it (or as Docker sent it).
+        server_response: ServerResponse,
+    },
+}
+
+impl HookCall {
+    /// The call's `Type`.
+    pub fn hook_type(&self) -> HookType {
+        match self {
+            HookCall::PreHook { .. } => HookType::PreHook,
+            HookCall::PostHook { .. } => HookType::PostHook,
+        }
+    }
+
+    /// The request carried by the call.
+    pub fn client_request(&self) -> &ClientRequest {
+        match self {
+            HookCall::PreHook { client_request } | HookCall::PostHook { client_request, .. } => {
+                client_request
+            }
+        }
+    }
+}
+
+/// Why a call or an answer was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The document is not JSON, or a field has the wrong type.
+    #[error("not a valid PowerstripProtocolVersion 1 document: {0}")]
+    Json(#[from] serde_json::Error),
+    /// `PowerstripProtocolVersion` is absent.
+    #[error("missing field PowerstripProtocolVersion")]
+    MissingVersion,
+    /// `PowerstripProtocolVersion` is not 1.
+    #[error("unsupported PowerstripProtocolVersion {found} (this side speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion {
+        /// The version the document declared.
+        found: u64,
+    },
+    /// A required field is absent.
+    #[error("missing field {0}")]
+    MissingField(&'static str),
+}
+
+/// A field that must be present but may be `null`.
+fn required_nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
+}
+
+#[derive(Serialize)]
+struct CallOut<'a> {
+    #[serde(rename = "PowerstripProtocolVersion")]
+    version: u64,
+    #[serde(rename = "Type")]
+    hook_type: HookType,
+    #[serde(rename = "ClientRequest")]
+    client_request: &'a ClientRequest,
+    #[serde(rename = "ServerResponse", skip_serializing_if = "Option::is_none")]
+    server_response: Option<&'a ServerResponse>,
+}
+
+#[derive(Deserialize)]
+struct CallIn {
+    #[serde(rename = "PowerstripProtocolVersion")]
+    version: Option<u64>,
+    #[serde(rename = "Type")]
+    hook_type: Option<HookType>,
+    #[serde(rename = "ClientRequest")]
+    client_request: Option<ClientRequest>,
+    #[serde(rename = "ServerResponse")]
+    server_response: Option<ServerResponse>,
+}
+
+#[derive(Serialize)]
+struct PreAnswerOut<'a> {
+    #[serde(rename = "PowerstripProtocolVersion")]
+    version: u64,
+    #[serde(rename = "ModifiedClientRequest")]
+    request: &'a ClientRequest,
+}
+
+#[derive(Deserialize)]
+struct PreAnswerIn {
+    #[serde(rename = "PowerstripProtocolVersion")]
+    version: Option<u64>,
+    #[serde(rename = "ModifiedClientRequest")]
+    request: Option<ClientRequest>,
+}
+
+#[derive(Serialize)]
+struct PostAnswerOut<'a> {
+    #[serde(rename = "PowerstripProtocolVersion")]
+    version: u64,
+    #[serde(rename = "ModifiedServerResponse")]
+    response: &'a ServerResponse,
+}
+
+#[derive(Deserialize)]
+struct PostAnswerIn {
+    #[serde(rename = "PowerstripProtocolVersion")]
+    version: Option<u64>,
+    #[serde(rename = "ModifiedServerResponse")]
+    response: Option<ServerResponse>,
+}
+
+fn check_version(version: Option<u64>) -> Result<(), ProtocolError> {
+    match version {
+        None => Err(ProtocolError::MissingVersion),
+        Some(PROTOCOL_VERSION) => Ok(()),
+        Some(found) => Err(ProtocolError::UnsupportedVersion { found }),
+    }
+}
+
+fn to_vec<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these types cannot fail: every field is a string, a number, an
+    // enum with unit variants or an option of those.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Encodes a call as the proxy sends it.
+pub fn encode_call(call: &HookCall) -> Vec<u8> {
+    let (client_request, server_response) = match call {
+        HookCall::PreHook { client_request } => (client_request, None),
+        HookCall::PostHook {
+            client_request,
+            server_response,
+        } => (client_request, Some(server_response)),
+    };
+    to_vec(&CallOut {
+        version: PROTOCOL_VERSION,
+        hook_type: call.hook_type(),
+        client_request,
+        server_response,
+    })
+}
+
+/// Decodes a call, checking the version and that every field the `Type` needs is present.
+pub fn decode_call(bytes: &[u8]) -> Result<HookCall, ProtocolError> {
+    let call: CallIn = serde_json::from_slice(bytes)?;
+    check_version(call.version)?;
+    let hook_type = call.hook_type.ok_or(ProtocolError::MissingField("Type"))?;
+    let client_request = call
+        .client_request
+        .ok_or(ProtocolError::MissingField("ClientRequest"))?;
+    match hook_type {
+        HookType::PreHook => Ok(HookCall::PreHook { client_request }),
+        HookType::PostHook => Ok(HookCall::PostHook {
+            client_request,
+            server_response: call
+                .server_response
+                .ok_or(ProtocolError::MissingField("ServerResponse"))?,
+        }),
+    }
+}
+
+/// Encodes a pre-hook answer (`ModifiedClientRequest`).
+pub fn encode_pre_answer(request: &ClientRequest) -> Vec<u8> {
+    to_vec(&PreAnswerOut {
+        version: PROTOCOL_VERSION,
+        request,
+    })
+}
+
+/// Decodes a pre-hook answer, returning its `ModifiedClientRequest`.
+pub fn decode_pre_answer(bytes: &[u8]) -> Result<ClientRequest, ProtocolError> {
+    let answer: PreAnswerIn = serde_json::from_slice(bytes)?;
+    check_version(answer.version)?;
+    answer
+        .request
+        .ok_or(ProtocolError::MissingField("ModifiedClientRequest"))
+}
+
+/// Encodes a post-hook answer (`ModifiedServerResponse`).
+pub fn encode_post_answer(response: &ServerResponse) -> Vec<u8> {
+    to_vec(&PostAnswerOut {
+        version: PROTOCOL_VERSION,
+        response,
+    })
+}
+
+/// Decodes a post-hook answer, returning its `ModifiedServerResponse`.
+pub fn decode_post_answer(bytes: &[u8]) -> Result<ServerResponse, ProtocolError> {
+    let answer: PostAnswerIn = serde_json::from_slice(bytes)?;
+    check_version(answer.version)?;
+    answer
+        .response
+        .ok_or(ProtocolError::MissingField("ModifiedServerResponse"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create() -> ClientRequest {
+        ClientRequest::new(
+            "POST",
+            "/v1.16/containers/create?name=web",
+            Some(r#"{"Image":"busybox"}"#.into()),
+        )
+    }
+
+    #[test]
+    fn pre_hook_call_matches_the_documented_shape() {
+        let bytes = encode_call(&HookCall::PreHook {
+            client_request: create(),
+        });
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "PowerstripProtocolVersion": 1,
+                "Type": "pre-hook",
+                "ClientRequest": {
+                    "Method": "POST",
+                    "Request": "/v1.16/containers/create?name=web",
+                    "Body": "{\"Image\":\"busybox\"}"
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn post_hook_call_round_trips_with_null_bodies() {
+        let call = HookCall::PostHook {
+            client_request: ClientRequest::new("POST", "/v1.41/containers/abc/start", None),
+            server_response: ServerResponse {
+                content_type: String::new(),
+                body: None,
+                code: 204,
+            },
+        };
+        let bytes = encode_call(&call);
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["ServerResponse"]["Body"], serde_json::Value::Null);
+        assert_eq!(value["ClientRequest"]["Body"], serde_json::Value::Null);
+        assert_eq!(decode_call(&bytes).unwrap(), call);
+    }
+
+    #[test]
+    fn answers_round_trip() {
+        let request = create();
+        assert_eq!(
+            decode_pre_answer(&encode_pre_answer(&request)).unwrap(),
+            request
+        );
+        let response = ServerResponse {
+            content_type: "application/json".into(),
+            body: Some(r#"{"Id":"abc"}"#.into()),
+            code: 201,
+        };
+        assert_eq!(
+            decode_post_answer(&encode_post_answer(&response)).unwrap(),
+            response
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let answer = br#"{"PowerstripProtocolVersion":1,"Extra":true,
+            "ModifiedClientRequest":{"Method":"GET","Request":"/_ping","Body":null,"More":1}}"#;
+        assert_eq!(decode_pre_answer(answer).unwrap().request, "/_ping");
+    }
+
+    #[test]
+    fn wrong_or_missing_version_is_refused() {
+        let wrong = br#"{"PowerstripProtocolVersion":2,"ModifiedClientRequest":{"Method":"GET","Request":"/","Body":null}}"#;
+        let err = decode_pre_answer(wrong).unwrap_err();
+        assert!(matches!(
+            err,
+            ProtocolError::UnsupportedVersion { found: 2 }
+        ));
+        assert_eq!(
+            err.to_string(),
+            "unsupported PowerstripProtocolVersion 2 (this side speaks 1)"
+        );
+        let missing = br#"{"ModifiedClientRequest":{"Method":"GET","Request":"/","Body":null}}"#;
+        assert!(matches!(
+            decode_pre_answer(missing).unwrap_err(),
+            ProtocolError::MissingVersion
+        ));
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let err = decode_post_answer(br#"{"PowerstripProtocolVersion":1}"#).unwrap_err();
+        assert_eq!(err.to_string(), "missing field ModifiedServerResponse");
+        // `Body` must be present even though it may be null: an adapter that forgets it
+        // would otherwise silently drop Docker's body.
+        let err = decode_pre_answer(
+            br#"{"PowerstripProtocolVersion":1,"ModifiedClientRequest":{"Method":"GET","Request":"/"}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("missing field `Body`"), "{err}");
+        let err = decode_call(br#"{"PowerstripProtocolVersion":1,"Type":"post-hook","ClientRequest":{"Method":"GET","Request":"/","Body":null}}"#).unwrap_err();
+        assert_eq!(err.to_string(), "missing field ServerResponse");
+    }
+
+    #[test]
+    fn non_json_and_wrong_types_are_refused() {
+        assert!(matches!(
+            decode_pre_answer(b"<html>oops</html>").unwrap_err(),
+            ProtocolError::Json(_)
+        ));
+        assert!(matches!(
+            decode_pre_answer(b"").unwrap_err(),
+            ProtocolError::Json(_)
+        ));
+        // A body must be a string (JSON-encoded), not an object.
+        let err = decode_pre_answer(
+            br#"{"PowerstripProtocolVersion":1,"ModifiedClientRequest":{"Method":"POST","Request":"/","Body":{"Image":"x"}}}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ProtocolError::Json(_)), "{err}");
+    }
+
+    #[test]
+    fn request_splits_into_path_and_query() {
+        let request = create();
+        assert_eq!(request.path(), "/v1.16/containers/create");
+        assert_eq!(request.query(), Some("name=web"));
+        let plain = ClientRequest::new("GET", "/_ping", None);
+        assert_eq!(plain.path(), "/_ping");
+        assert_eq!(plain.query(), None);
+    }
+}
