@@ -239,7 +239,7 @@ impl TestClient {
         if !request.headers().contains_key(header::HOST) {
             let host = match &self.address {
                 Address::Unix(_) => HeaderValue::from_static("docker"),
-                Address::Tcp(addr) => HeaderValue::from_str(&addr.to_string())
+                Address::Tcp { host, port } => HeaderValue::from_str(&format!("{host}:{port}"))
                     .expect("a socket address is a valid header value"),
             };
             request.headers_mut().insert(header::HOST, host);

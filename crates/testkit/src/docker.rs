@@ -266,11 +266,27 @@ impl FakeDockerBuilder {
         self.start(listener, Address::Unix(path), Some(dir))
     }
 
+    /// Starts listening on a unix socket at `path` in a directory the caller owns,
+    /// replacing a socket file a stopped daemon left there. Lets a test stop a daemon and
+    /// bring another up at the same address.
+    pub async fn start_unix_at(self, path: &Path) -> FakeDocker {
+        let _ = std::fs::remove_file(path);
+        let listener = Listener::unix(path);
+        self.start(listener, Address::Unix(path.to_owned()), None)
+    }
+
     /// Starts listening on `127.0.0.1:0`.
     pub async fn start_tcp(self) -> FakeDocker {
         let listener = Listener::tcp().await;
         let addr = listener.tcp_addr().expect("a TCP listener");
-        self.start(listener, Address::Tcp(addr), None)
+        self.start(
+            listener,
+            Address::Tcp {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            },
+            None,
+        )
     }
 
     fn start(self, listener: Listener, address: Address, dir: Option<TempDir>) -> FakeDocker {
@@ -389,7 +405,7 @@ impl FakeDocker {
     pub fn socket_path(&self) -> Option<&Path> {
         match &self.address {
             Address::Unix(path) => Some(path),
-            Address::Tcp(_) => None,
+            Address::Tcp { .. } => None,
         }
     }
 
@@ -397,7 +413,7 @@ impl FakeDocker {
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         match &self.address {
             Address::Unix(_) => None,
-            Address::Tcp(addr) => Some(*addr),
+            Address::Tcp { host, port } => host.parse().ok().map(|ip| SocketAddr::new(ip, *port)),
         }
     }
 

@@ -19,6 +19,8 @@
 //! - [`body`]: [`ChannelBody`], a body fed chunk by chunk from a channel, and
 //!   [`next_chunk`] to read one as it arrives.
 //! - [`net`]: [`Address`] (`unix:///path`, `tcp://IP:PORT`) and [`connect`].
+//! - [`proxy`]: [`TestProxy`], the real proxy in-process, configured from TOML or YAML text,
+//!   with in-process adapters if the test registers them.
 #![forbid(unsafe_code)]
 
 pub mod adapter;
@@ -26,9 +28,11 @@ pub mod body;
 pub mod client;
 pub mod docker;
 pub mod net;
+pub mod proxy;
 
 pub use adapter::{AdapterReply, FakeAdapter};
 pub use body::{ChannelBody, next_chunk};
 pub use client::{TestClient, TestResponse, UpgradedIo};
 pub use docker::{FakeDocker, FakeResponse, RecordedRequest, Responder};
 pub use net::{Address, connect};
+pub use proxy::{TestProxy, TestProxyBuilder};

@@ -6,11 +6,9 @@
 //! a guard whose drop aborts the accept task, which owns every connection task, so a hung
 //! connection goes with it.
 
-use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,63 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-/// Where a server listens, in the forms `DOCKER_HOST` uses.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Address {
-    /// A unix socket at this path: `unix:///path/to.sock`.
-    Unix(PathBuf),
-    /// A TCP address: `tcp://127.0.0.1:PORT`.
-    Tcp(SocketAddr),
-}
-
-/// Why a string is not an [`Address`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AddressError {
-    /// The string that was refused, quoted back in the message.
-    input: String,
-}
-
-impl fmt::Display for AddressError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "not an address: {:?} (expected unix:///path or tcp://IP:PORT)",
-            self.input
-        )
-    }
-}
-
-impl std::error::Error for AddressError {}
-
-impl FromStr for Address {
-    type Err = AddressError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let refuse = || AddressError { input: s.into() };
-        if let Some(path) = s.strip_prefix("unix://") {
-            if path.is_empty() {
-                return Err(refuse());
-            }
-            Ok(Address::Unix(PathBuf::from(path)))
-        } else if let Some(addr) = s.strip_prefix("tcp://") {
-            addr.trim_end_matches('/')
-                .parse()
-                .map(Address::Tcp)
-                .map_err(|_| refuse())
-        } else {
-            Err(refuse())
-        }
-    }
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Unix(path) => write!(f, "unix://{}", path.display()),
-            Address::Tcp(addr) => write!(f, "tcp://{addr}"),
-        }
-    }
-}
+pub use powerstrip_core::Address;
 
 /// A connected byte stream of either kind (unix or TCP), as one type.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -89,8 +31,8 @@ pub type BoxedIo = Box<dyn Io>;
 pub async fn connect(address: &Address) -> std::io::Result<BoxedIo> {
     Ok(match address {
         Address::Unix(path) => Box::new(UnixStream::connect(path).await?),
-        Address::Tcp(addr) => {
-            let stream = TcpStream::connect(addr).await?;
+        Address::Tcp { host, port } => {
+            let stream = TcpStream::connect((host.as_str(), *port)).await?;
             // Tests send small requests and wait for the answer; Nagle only adds latency.
             stream.set_nodelay(true)?;
             Box::new(stream)
@@ -195,21 +137,4 @@ where
         }
     });
     ServerTask { accept }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_parse_and_print_in_docker_host_form() {
-        let unix: Address = "unix:///tmp/x/docker.sock".parse().unwrap();
-        assert_eq!(unix, Address::Unix("/tmp/x/docker.sock".into()));
-        assert_eq!(unix.to_string(), "unix:///tmp/x/docker.sock");
-        let tcp: Address = "tcp://127.0.0.1:2375".parse().unwrap();
-        assert_eq!(tcp.to_string(), "tcp://127.0.0.1:2375");
-        assert!("http://127.0.0.1:2375".parse::<Address>().is_err());
-        assert!("unix://".parse::<Address>().is_err());
-        assert!("tcp://localhost".parse::<Address>().is_err());
-    }
 }

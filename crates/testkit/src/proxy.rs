@@ -1,0 +1,161 @@
+//! [`TestProxy`]: the real proxy, in-process, in front of whatever Docker a test points it
+//! at (usually a [`FakeDocker`](crate::FakeDocker)), listening on a unix socket in its own
+//! temporary directory and on `127.0.0.1:0`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use powerstrip_config::{Config, Format};
+use powerstrip_core::{
+    Address, BuiltinFactory, Builtins, ChainOptions, Chains, Limits, Listener, Proxy,
+    ServerOptions, Upstream,
+};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+use crate::client::TestClient;
+
+/// A running in-process proxy; it stops when dropped.
+#[derive(Debug)]
+pub struct TestProxy {
+    /// The unix socket clients reach it at.
+    unix: Address,
+    /// The TCP address clients reach it at.
+    tcp: Address,
+    /// Resolving it starts a graceful shutdown.
+    stop: Option<oneshot::Sender<()>>,
+    /// Holds the socket's directory for the proxy's lifetime.
+    _dir: TempDir,
+}
+
+/// Configures a [`TestProxy`] before it starts.
+#[must_use]
+pub struct TestProxyBuilder {
+    /// Where Docker (real or fake) listens.
+    docker: Address,
+    /// The configuration text and its format; none means pass-through only.
+    config: Option<(String, Format)>,
+    /// In-process adapters the configuration may name.
+    builtins: Builtins,
+    /// Bounds on buffering.
+    limits: Limits,
+}
+
+impl TestProxy {
+    /// A proxy in front of `docker` (`unix:///...` or `tcp://...`).
+    pub fn builder(docker: &str) -> TestProxyBuilder {
+        TestProxyBuilder {
+            docker: docker
+                .parse()
+                .unwrap_or_else(|e| panic!("TestProxy: docker address: {e}")),
+            config: None,
+            builtins: Builtins::new(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// A proxy in front of `docker` running the chains of a TOML configuration.
+    pub async fn start(docker: &str, toml: &str) -> TestProxy {
+        Self::builder(docker).toml(toml).start().await
+    }
+
+    /// The unix socket address, e.g. for `DOCKER_HOST`.
+    pub fn address(&self) -> String {
+        self.unix.to_string()
+    }
+
+    /// The TCP address (`tcp://127.0.0.1:PORT`).
+    pub fn tcp_address(&self) -> String {
+        self.tcp.to_string()
+    }
+
+    /// A client talking to the proxy over its unix socket.
+    pub fn client(&self) -> TestClient {
+        TestClient::for_address(self.unix.clone())
+    }
+
+    /// A client talking to the proxy over TCP.
+    pub fn tcp_client(&self) -> TestClient {
+        TestClient::for_address(self.tcp.clone())
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl TestProxyBuilder {
+    /// Runs the chains of this TOML configuration.
+    pub fn toml(mut self, text: &str) -> Self {
+        self.config = Some((text.to_owned(), Format::Toml));
+        self
+    }
+
+    /// Runs the chains of this configuration in the original Powerstrip YAML.
+    pub fn yaml(mut self, text: &str) -> Self {
+        self.config = Some((text.to_owned(), Format::Yaml));
+        self
+    }
+
+    /// Makes an in-process adapter available as `builtin = "name"`.
+    pub fn builtin(mut self, name: &str, factory: BuiltinFactory) -> Self {
+        self.builtins.register(name, factory);
+        self
+    }
+
+    /// Sets the largest body handed to hooks.
+    pub fn max_hook_body(mut self, bytes: usize) -> Self {
+        self.limits.max_hook_body = bytes;
+        self
+    }
+
+    /// Validates the configuration (panicking with its errors), binds and starts serving.
+    pub async fn start(self) -> TestProxy {
+        let config = match &self.config {
+            Some((text, format)) => powerstrip_config::parse(text, "<test config>", *format)
+                .unwrap_or_else(|e| panic!("TestProxy: invalid configuration:\n{e}")),
+            None => Config::empty(),
+        };
+        let chains = Chains::build(
+            &config,
+            &self.builtins,
+            ChainOptions {
+                max_answer: self.limits.max_hook_body,
+            },
+        )
+        .unwrap_or_else(|e| panic!("TestProxy: invalid configuration:\n{e}"));
+        let dir = tempfile::tempdir().expect("TestProxy: a temporary directory");
+        let unix = Listener::bind(&Address::Unix(dir.path().join("proxy.sock")))
+            .await
+            .expect("TestProxy: binding its unix socket");
+        let tcp = Listener::bind(&Address::Tcp {
+            host: "127.0.0.1".into(),
+            port: 0,
+        })
+        .await
+        .expect("TestProxy: binding 127.0.0.1:0");
+        let (unix_address, tcp_address) = (unix.local_address(), tcp.local_address());
+        let proxy = Arc::new(Proxy::new(Upstream::new(&self.docker), chains, self.limits));
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(powerstrip_core::serve(
+            vec![unix, tcp],
+            proxy,
+            ServerOptions {
+                grace: Duration::from_secs(1),
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        TestProxy {
+            unix: unix_address,
+            tcp: tcp_address,
+            stop: Some(stop),
+            _dir: dir,
+        }
+    }
+}

@@ -1,0 +1,1066 @@
+//! Hook semantics (PROTOCOL.md) and bad input, through the real proxy in-process, against
+//! a scripted Docker and scripted HTTP adapters: the cases a real daemon cannot produce
+//! on demand (errors at chosen moments, hangs, garbage) or where what reached Docker must
+//! be inspected byte for byte.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::Full;
+use powerstrip_protocol::{ClientRequest, HookCall, ServerResponse};
+use powerstrip_testkit::{
+    AdapterReply, ChannelBody, FakeAdapter, FakeDocker, Responder, TestProxy, next_chunk,
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CREATE: &str = "/v1.41/containers/create";
+
+/// A Docker that echoes every create body back, so a test sees what reached it.
+async fn echo_docker() -> FakeDocker {
+    FakeDocker::builder()
+        .route("POST", "*/containers/create", Responder::echo())
+        .route(
+            "GET",
+            "/_ping",
+            Responder::raw(200, "text/plain; charset=utf-8", "OK"),
+        )
+        .start_unix()
+        .await
+}
+
+/// A configuration hooking `pattern` with these pre and post chains over these adapters.
+fn config(adapters: &[(&str, &str)], endpoints: &[(&str, &[&str], &[&str])]) -> String {
+    let mut toml = String::from("version = 1\n[adapters]\n");
+    for (name, url) in adapters {
+        toml.push_str(&format!("{name} = {url:?}\n"));
+    }
+    for (pattern, pre, post) in endpoints {
+        toml.push_str(&format!(
+            "[[endpoints]]\nmatch = {pattern:?}\npre = {pre:?}\npost = {post:?}\n"
+        ));
+    }
+    toml
+}
+
+/// The proxy still answers an ordinary call after whatever a test did to it.
+async fn assert_still_serving(proxy: &TestProxy) {
+    let r = proxy.client().get("/_ping").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the proxy stopped serving: {}",
+        r.text()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Pass-through
+
+async fn assert_passes_through(docker: &FakeDocker, proxy: &TestProxy) {
+    let body = json!({"Image": "busybox", "Number": 1, "Unknown": {"kept": [1, 2]}});
+    for client in [proxy.client(), proxy.tcp_client()] {
+        let r = client
+            .send(
+                Request::post(format!("{CREATE}?name=web"))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header("X-Registry-Auth", "e30=")
+                    .body(Full::new(Bytes::from(body.to_string())))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json(), body);
+    }
+    let seen = docker.requests();
+    assert_eq!(seen.len(), 2);
+    for request in seen {
+        assert_eq!(request.uri, format!("{CREATE}?name=web"));
+        assert_eq!(request.header("x-registry-auth"), Some("e30="));
+        assert_eq!(request.json(), body);
+    }
+}
+
+#[tokio::test]
+async fn empty_config_passes_through_to_a_unix_docker() {
+    let docker = echo_docker().await;
+    let proxy = TestProxy::start(&docker.address(), "version = 1").await;
+    assert_passes_through(&docker, &proxy).await;
+}
+
+#[tokio::test]
+async fn empty_config_passes_through_to_a_tcp_docker() {
+    let docker = FakeDocker::builder()
+        .route("POST", "/*/containers/create", Responder::echo())
+        .start_tcp()
+        .await;
+    let proxy = TestProxy::start(&docker.address(), "").await;
+    assert_passes_through(&docker, &proxy).await;
+}
+
+#[tokio::test]
+async fn endpoint_with_empty_chains_passes_through() {
+    let docker = echo_docker().await;
+    let proxy = TestProxy::start(&docker.address(), &config(&[], &[("* *", &[], &[])])).await;
+    assert_passes_through(&docker, &proxy).await;
+}
+
+#[tokio::test]
+async fn original_yaml_configuration_runs_its_hooks() {
+    let docker = echo_docker().await;
+    let adder = FakeAdapter::add_to_field("Number", 1).await;
+    let yaml = format!(
+        "version: 1\nendpoints:\n  \"POST /*/containers/create\":\n    pre: [adder]\nadapters:\n  adder: {}\n",
+        adder.url()
+    );
+    let proxy = TestProxy::builder(&docker.address())
+        .yaml(&yaml)
+        .start()
+        .await;
+    let r = proxy
+        .client()
+        .post_json(CREATE, &json!({"Number": 1}))
+        .await;
+    assert_eq!(r.json()["Number"], 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Pre-hooks
+
+async fn number_after_pre_hooks(adapters: &[(&str, &str)], chain: &[&str]) -> (Value, Value) {
+    let docker = echo_docker().await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(adapters, &[("POST /*/containers/create", chain, &[])]),
+    )
+    .await;
+    let r = proxy
+        .client()
+        .post_json(CREATE, &json!({"Number": 1, "Image": "busybox"}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let reached_docker = docker.requests()[0].json();
+    (reached_docker, r.json())
+}
+
+#[tokio::test]
+async fn one_pre_hook_adder_adds_one() {
+    let one = FakeAdapter::add_to_field("Number", 1).await;
+    let (docker, client) = number_after_pre_hooks(&[("one", &one.url())], &["one"]).await;
+    assert_eq!(docker, json!({"Number": 2, "Image": "busybox"}));
+    assert_eq!(client["Number"], 2);
+    assert_eq!(one.call_count(), 1);
+}
+
+#[tokio::test]
+async fn the_same_adder_twice_adds_two() {
+    let one = FakeAdapter::add_to_field("Number", 1).await;
+    let (docker, _) = number_after_pre_hooks(&[("one", &one.url())], &["one", "one"]).await;
+    assert_eq!(docker["Number"], 3);
+    assert_eq!(one.call_count(), 2);
+}
+
+#[tokio::test]
+async fn two_different_adders_add_three() {
+    let one = FakeAdapter::add_to_field("Number", 1).await;
+    let two = FakeAdapter::add_to_field("Number", 2).await;
+    let (docker, _) =
+        number_after_pre_hooks(&[("one", &one.url()), ("two", &two.url())], &["one", "two"]).await;
+    assert_eq!(docker["Number"], 4);
+}
+
+#[tokio::test]
+async fn the_second_pre_hook_sees_the_first_ones_request() {
+    let docker = echo_docker().await;
+    let rewriter = FakeAdapter::start(|call| match call {
+        HookCall::PreHook { client_request } => AdapterReply::Pre(ClientRequest::new(
+            client_request.method.clone(),
+            format!("{}?name=rewritten", client_request.path()),
+            Some(r#"{"Image":"busybox","Rewritten":true}"#.into()),
+        )),
+        other => AdapterReply::pass(other),
+    })
+    .await;
+    let recorder = FakeAdapter::echo().await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("rewriter", &rewriter.url()), ("recorder", &recorder.url())],
+            &[("POST /*/containers/create", &["rewriter", "recorder"], &[])],
+        ),
+    )
+    .await;
+    proxy
+        .client()
+        .post_json(
+            &format!("{CREATE}?name=original"),
+            &json!({"Image": "busybox"}),
+        )
+        .await;
+    let seen = recorder.calls()[0].client_request().clone();
+    assert_eq!(seen.request, format!("{CREATE}?name=rewritten"));
+    assert_eq!(
+        seen.body.as_deref(),
+        Some(r#"{"Image":"busybox","Rewritten":true}"#)
+    );
+    // The rewritten query string is applied, not only the body.
+    let reached = &docker.requests()[0];
+    assert_eq!(reached.uri, format!("{CREATE}?name=rewritten"));
+    assert_eq!(
+        reached.json(),
+        json!({"Image": "busybox", "Rewritten": true})
+    );
+}
+
+#[tokio::test]
+async fn a_get_with_query_args_is_hooked_and_the_query_ignored_for_matching() {
+    let docker = FakeDocker::builder()
+        .route("GET", "/*/containers/json", Responder::json(200, json!([])))
+        .start_unix()
+        .await;
+    let recorder = FakeAdapter::echo().await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("recorder", &recorder.url())],
+            &[("GET /*/containers/json", &["recorder"], &["recorder"])],
+        ),
+    )
+    .await;
+    let path = "/v1.41/containers/json?all=1&filters=%7B%22label%22%3A%5B%22a%3Db%22%5D%7D";
+    let r = proxy.client().get(path).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!([]));
+    assert_eq!(docker.requests()[0].uri, path);
+    let calls = recorder.calls();
+    assert_eq!(calls.len(), 2, "pre and post");
+    assert_eq!(calls[0].client_request().request, path);
+    assert_eq!(
+        calls[0].client_request().body,
+        None,
+        "a GET has a null Body"
+    );
+}
+
+#[tokio::test]
+async fn glob_variants_match() {
+    for pattern in [
+        "POST /v1*/containers/create",
+        "* /*/containers/create",
+        "POST /*/*/create",
+        "POST /v[12]*/containers/create",
+        "POST /*/containers/create",
+    ] {
+        let one = FakeAdapter::add_to_field("Number", 1).await;
+        let docker = echo_docker().await;
+        let proxy = TestProxy::start(
+            &docker.address(),
+            &config(&[("one", &one.url())], &[(pattern, &["one"], &[])]),
+        )
+        .await;
+        let r = proxy
+            .client()
+            .post_json("/v1.16/containers/create", &json!({"Number": 0}))
+            .await;
+        assert_eq!(
+            r.json()["Number"],
+            1,
+            "{pattern} should hook POST /v1.16/containers/create"
+        );
+        // Requests without a version prefix are hooked by the same patterns (unless the
+        // pattern names a version).
+        let r = proxy
+            .client()
+            .post_json("/containers/create", &json!({"Number": 0}))
+            .await;
+        let expected = if pattern.contains("/v") { 0 } else { 1 };
+        assert_eq!(
+            r.json()["Number"],
+            expected,
+            "{pattern} on /containers/create"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pattern_that_does_not_match_calls_nothing() {
+    let one = FakeAdapter::add_to_field("Number", 1).await;
+    let docker = echo_docker().await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("one", &one.url())],
+            &[("POST /v[2-9]*/containers/create", &["one"], &[])],
+        ),
+    )
+    .await;
+    let r = proxy
+        .client()
+        .post_json(CREATE, &json!({"Number": 0}))
+        .await;
+    assert_eq!(r.json()["Number"], 0);
+    assert_eq!(one.call_count(), 0);
+}
+
+/// An adapter that appends its name to the `Order` list in the request body.
+async fn appender(name: &'static str) -> FakeAdapter {
+    FakeAdapter::start(move |call| match call {
+        HookCall::PreHook { client_request } => {
+            let mut body: Value =
+                serde_json::from_str(client_request.body.as_deref().unwrap_or("{}")).unwrap();
+            body["Order"].as_array_mut().unwrap().push(json!(name));
+            let mut modified = client_request.clone();
+            modified.body = Some(body.to_string());
+            AdapterReply::Pre(modified)
+        }
+        other => AdapterReply::pass(other),
+    })
+    .await
+}
+
+#[tokio::test]
+async fn several_matching_patterns_run_in_file_order() {
+    let (a, b, c) = (
+        appender("a").await,
+        appender("b").await,
+        appender("c").await,
+    );
+    let docker = echo_docker().await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("a", &a.url()), ("b", &b.url()), ("c", &c.url())],
+            &[
+                ("* *", &["c"], &[]),
+                ("POST /*/containers/create", &["a", "b"], &[]),
+                ("GET /*", &["a"], &[]),
+                ("POST /*/containers/*", &["b"], &[]),
+            ],
+        ),
+    )
+    .await;
+    let r = proxy
+        .client()
+        .post_json(CREATE, &json!({"Order": []}))
+        .await;
+    assert_eq!(r.json()["Order"], json!(["c", "a", "b", "b"]));
+}
+
+#[tokio::test]
+async fn json_with_parameters_counts_as_json() {
+    let one = FakeAdapter::add_to_field("Number", 1).await;
+    let docker = echo_docker().await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("one", &one.url())],
+            &[("POST /*/containers/create", &["one"], &[])],
+        ),
+    )
+    .await;
+    let r = proxy
+        .client()
+        .send(
+            Request::post(CREATE)
+                .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+                .body(Full::new(Bytes::from(r#"{"Number":5}"#)))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.json()["Number"], 6);
+}
+
+#[tokio::test]
+async fn non_json_request_bodies_skip_pre_hooks_and_stream_untouched() {
+    let docker = FakeDocker::builder()
+        .route(
+            "POST",
+            "/*/build",
+            Responder::with(|req| {
+                powerstrip_testkit::FakeResponse::json(200, &json!({"received": req.body.len()}))
+            }),
+        )
+        .start_unix()
+        .await;
+    let recorder = FakeAdapter::echo().await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("recorder", &recorder.url())],
+            &[("* *", &["recorder"], &[])],
+        ),
+    )
+    .await;
+    // A binary "tar" body, sent in chunks, with bytes that are not UTF-8.
+    let (tx, body) = ChannelBody::channel();
+    let client = proxy.client();
+    let request = tokio::spawn(async move {
+        let response = client
+            .request_streaming(
+                Request::post("/v1.41/build")
+                    .header(header::CONTENT_TYPE, "application/x-tar")
+                    .body(body)
+                    .unwrap(),
+            )
+            .await;
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+    });
+    let chunk: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
+    for _ in 0..16 {
+        tx.send(Bytes::from(chunk.clone())).await.unwrap();
+    }
+    drop(tx);
+    let answer: Value = serde_json::from_slice(&request.await.unwrap()).unwrap();
+    assert_eq!(answer["received"], 16 * 64 * 1024);
+    assert_eq!(docker.requests()[0].body, chunk.repeat(16));
+    assert_eq!(
+        recorder.call_count(),
+        0,
+        "pre-hooks never see a non-JSON body"
+    );
+}
+
+#[tokio::test]
+async fn an_adapter_that_changes_the_path_or_method_is_refused_by_name() {
+    let mover = FakeAdapter::start(|call| match call {
+        HookCall::PreHook { client_request } => {
+            let mut moved = client_request.clone();
+            moved.request = "/v1.41/containers/other/start".into();
+            AdapterReply::Pre(moved)
+        }
+        other => AdapterReply::pass(other),
+    })
+    .await;
+    let method_changer = FakeAdapter::start(|call| match call {
+        HookCall::PreHook { client_request } => {
+            let mut moved = client_request.clone();
+            moved.method = "DELETE".into();
+            AdapterReply::Pre(moved)
+        }
+        other => AdapterReply::pass(other),
+    })
+    .await;
+    for (name, adapter, what) in [
+        ("mover", &mover, "changed the path"),
+        ("deleter", &method_changer, "changed the method"),
+    ] {
+        let docker = echo_docker().await;
+        let proxy = TestProxy::start(
+            &docker.address(),
+            &config(
+                &[(name, &adapter.url())],
+                &[("POST /*/containers/create", &[name], &[])],
+            ),
+        )
+        .await;
+        let r = proxy.client().post_json(CREATE, &json!({})).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            r.message().contains(&format!("adapter \"{name}\"")),
+            "{}",
+            r.message()
+        );
+        assert!(r.message().contains(what), "{}", r.message());
+        assert!(docker.requests().is_empty(), "Docker must not be called");
+    }
+}
+
+#[tokio::test]
+async fn a_hooked_body_beyond_the_limit_gets_413() {
+    let docker = echo_docker().await;
+    let recorder = FakeAdapter::echo().await;
+    let proxy = TestProxy::builder(&docker.address())
+        .toml(&config(
+            &[("recorder", &recorder.url())],
+            &[("* *", &["recorder"], &[])],
+        ))
+        .max_hook_body(1024)
+        .start()
+        .await;
+    let big = json!({"Env": ["X".repeat(2000)]});
+    let r = proxy.client().post_json(CREATE, &big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.message().contains("1024-byte limit"), "{}", r.message());
+    assert!(docker.requests().is_empty());
+    assert_eq!(recorder.call_count(), 0);
+    assert_still_serving(&proxy).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Refusals and errors in chains
+
+#[tokio::test]
+async fn a_pre_hook_refusal_never_reaches_docker_and_stops_the_chain() {
+    let docker = echo_docker().await;
+    let refuser = FakeAdapter::refuse(403, "image busybox is not allowed here").await;
+    let after = FakeAdapter::echo().await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("refuser", &refuser.url()), ("after", &after.url())],
+            &[(
+                "POST /*/containers/create",
+                &["refuser", "after"],
+                &["after"],
+            )],
+        ),
+    )
+    .await;
+    let r = proxy
+        .client()
+        .post_json(CREATE, &json!({"Image": "busybox"}))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        json!({"message": "image busybox is not allowed here"})
+    );
+    assert!(docker.requests().is_empty(), "Docker must not be called");
+    assert_eq!(after.call_count(), 0, "the chain stops at the refusal");
+}
+
+#[tokio::test]
+async fn a_docker_style_refusal_keeps_its_message() {
+    let docker = echo_docker().await;
+    let refuser = FakeAdapter::refuse(409, r#"{"message": "quota exceeded"}"#).await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("quota", &refuser.url())],
+            &[("POST /*/containers/create", &["quota"], &[])],
+        ),
+    )
+    .await;
+    let r = proxy.client().post_json(CREATE, &json!({})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.message(), "quota exceeded");
+}
+
+#[tokio::test]
+async fn a_post_hook_error_stops_the_chain_and_reaches_the_client() {
+    let docker = echo_docker().await;
+    let refuser = FakeAdapter::refuse(409, "post-hook says no").await;
+    let after = FakeAdapter::echo().await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("refuser", &refuser.url()), ("after", &after.url())],
+            &[("POST /*/containers/create", &[], &["refuser", "after"])],
+        ),
+    )
+    .await;
+    let r = proxy.client().post_json(CREATE, &json!({})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.message(), "post-hook says no");
+    assert_eq!(
+        docker.requests().len(),
+        1,
+        "Docker was called before the post-hook"
+    );
+    assert_eq!(after.call_count(), 0);
+}
+
+#[tokio::test]
+async fn a_post_hook_adder_rewrites_the_response() {
+    let docker = FakeDocker::builder()
+        .route(
+            "POST",
+            "/*/containers/create",
+            Responder::json(201, json!({"Id": "abc", "Number": 1})),
+        )
+        .start_unix()
+        .await;
+    let one = FakeAdapter::add_to_field("Number", 1).await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("one", &one.url())],
+            &[("POST /*/containers/create", &[], &["one"])],
+        ),
+    )
+    .await;
+    let r = proxy
+        .client()
+        .post_json(CREATE, &json!({"Image": "busybox"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.json(), json!({"Id": "abc", "Number": 2}));
+    // The post-hook saw the request as Docker received it.
+    let HookCall::PostHook {
+        client_request,
+        server_response,
+    } = &one.calls()[0]
+    else {
+        panic!("expected a post-hook call")
+    };
+    assert_eq!(
+        client_request.body.as_deref(),
+        Some(r#"{"Image":"busybox"}"#)
+    );
+    assert_eq!(server_response.code, 201);
+    assert_eq!(server_response.content_type, "application/json");
+}
+
+#[tokio::test]
+async fn nine_post_hooks_that_grow_the_body_keep_content_length_right() {
+    let docker = FakeDocker::builder()
+        .route("GET", "/*/info", Responder::json(200, json!({"Number": 0})))
+        .start_unix()
+        .await;
+    let growers = [
+        1,
+        10,
+        100,
+        1_000,
+        10_000,
+        100_000,
+        1_000_000,
+        10_000_000,
+        100_000_000,
+    ];
+    let mut adapters = Vec::new();
+    for n in growers {
+        adapters.push(FakeAdapter::add_to_field("Number", n).await);
+    }
+    let names: Vec<String> = (0..adapters.len()).map(|i| format!("grow{i}")).collect();
+    let urls: Vec<String> = adapters.iter().map(FakeAdapter::url).collect();
+    let defs: Vec<(&str, &str)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(urls.iter().map(String::as_str))
+        .collect();
+    let chain: Vec<&str> = names.iter().map(String::as_str).collect();
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(&defs, &[("GET /*/info", &[], &chain)]),
+    )
+    .await;
+    let r = proxy.client().get("/v1.41/info").await;
+    assert_eq!(r.json(), json!({"Number": 111_111_111}));
+    let length: usize = r.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(length, r.body.len());
+}
+
+#[tokio::test]
+async fn the_second_post_hook_sees_the_first_ones_code_and_content_type() {
+    let docker = FakeDocker::builder()
+        .route(
+            "POST",
+            "/*/containers/create",
+            Responder::json(201, json!({"Id": "abc"})),
+        )
+        .start_unix()
+        .await;
+    let changer = FakeAdapter::start(|call| match call {
+        HookCall::PostHook {
+            server_response, ..
+        } => AdapterReply::Post(ServerResponse {
+            content_type: "application/json; charset=utf-8".into(),
+            body: server_response.body.clone(),
+            code: 202,
+        }),
+        other => AdapterReply::pass(other),
+    })
+    .await;
+    let recorder = FakeAdapter::echo().await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("changer", &changer.url()), ("recorder", &recorder.url())],
+            &[("POST /*/containers/create", &[], &["changer", "recorder"])],
+        ),
+    )
+    .await;
+    let r = proxy.client().post_json(CREATE, &json!({})).await;
+    let HookCall::PostHook {
+        server_response, ..
+    } = &recorder.calls()[0]
+    else {
+        panic!("expected a post-hook call")
+    };
+    assert_eq!(server_response.code, 202);
+    assert_eq!(
+        server_response.content_type,
+        "application/json; charset=utf-8"
+    );
+    // The final Code and ContentType are what the client gets.
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+}
+
+#[tokio::test]
+async fn docker_errors_still_run_post_hooks_which_may_turn_them_into_success() {
+    let docker = FakeDocker::builder()
+        .route(
+            "GET",
+            "/*/containers/*/json",
+            Responder::json(404, json!({"message": "No such container: web"})),
+        )
+        .start_unix()
+        .await;
+    let healer = FakeAdapter::start(|call| match call {
+        HookCall::PostHook {
+            server_response, ..
+        } if server_response.code == 404 => AdapterReply::Post(ServerResponse {
+            content_type: "application/json".into(),
+            body: Some(r#"{"Id":"placeholder"}"#.into()),
+            code: 200,
+        }),
+        other => AdapterReply::pass(other),
+    })
+    .await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("healer", &healer.url())],
+            &[("GET /*/containers/*/json", &[], &["healer"])],
+        ),
+    )
+    .await;
+    let r = proxy.client().get("/v1.41/containers/web/json").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"Id": "placeholder"}));
+    assert_eq!(healer.call_count(), 1);
+}
+
+#[tokio::test]
+async fn a_response_without_body_reaches_post_hooks_as_null() {
+    let docker = FakeDocker::builder()
+        .route("POST", "/*/containers/*/start", Responder::raw(204, "", ""))
+        .start_unix()
+        .await;
+    let recorder = FakeAdapter::echo().await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("recorder", &recorder.url())],
+            &[("* *", &["recorder"], &["recorder"])],
+        ),
+    )
+    .await;
+    let r = proxy
+        .client()
+        .request(Method::POST, "/v1.41/containers/abc/start")
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(r.body.is_empty());
+    let HookCall::PostHook {
+        server_response,
+        client_request,
+    } = &recorder.calls()[1]
+    else {
+        panic!("expected a post-hook call")
+    };
+    assert_eq!(server_response.body, None);
+    assert_eq!(server_response.code, 204);
+    assert_eq!(client_request.body, None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Streams
+
+#[tokio::test]
+async fn a_hijacked_stream_passes_with_a_post_hook_configured_which_is_never_called() {
+    let docker = FakeDocker::builder()
+        .route("POST", "/*/containers/*/attach", Responder::upgrade_echo())
+        .start_unix()
+        .await;
+    let recorder = FakeAdapter::echo().await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("recorder", &recorder.url())],
+            &[("POST /*/containers/*/attach", &[], &["recorder"])],
+        ),
+    )
+    .await;
+    let (response, mut io) = proxy
+        .client()
+        .upgrade(
+            Request::post("/v1.41/containers/abc/attach?stream=1&stdin=1&stdout=1")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/vnd.docker.raw-stream")
+    );
+    io.write_all(b"hello through the proxy\n").await.unwrap();
+    let mut echoed = vec![0; 24];
+    io.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(echoed, b"hello through the proxy\n");
+    // Half-close: our EOF reaches Docker, which still answers on its side.
+    io.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    io.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"eof\n");
+    assert_eq!(
+        recorder.call_count(),
+        0,
+        "post-hooks never see an upgraded stream"
+    );
+}
+
+#[tokio::test]
+async fn chunked_responses_stream_with_hooks_configured() {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let docker = FakeDocker::builder()
+        .route(
+            "GET",
+            "/*/events",
+            Responder::chunked("application/json", rx),
+        )
+        .start_unix()
+        .await;
+    let recorder = FakeAdapter::echo().await;
+    let proxy = TestProxy::start(
+        &docker.address(),
+        &config(
+            &[("recorder", &recorder.url())],
+            &[("* *", &["recorder"], &["recorder"])],
+        ),
+    )
+    .await;
+    let mut response = proxy
+        .client()
+        .request_streaming(
+            Request::get("/v1.41/events")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    tx.send(Bytes::from_static(b"{\"status\":\"start\"}\n"))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), next_chunk(response.body_mut()))
+        .await
+        .expect("the first event reaches the client before the stream ends");
+    assert_eq!(
+        first.unwrap(),
+        Bytes::from_static(b"{\"status\":\"start\"}\n")
+    );
+    tx.send(Bytes::from_static(b"{\"status\":\"die\"}\n"))
+        .await
+        .unwrap();
+    drop(tx);
+    let second = next_chunk(response.body_mut()).await.unwrap();
+    assert_eq!(second, Bytes::from_static(b"{\"status\":\"die\"}\n"));
+    assert_eq!(next_chunk(response.body_mut()).await, None);
+    assert_eq!(
+        recorder.call_count(),
+        1,
+        "the pre-hook ran; the post-hook was skipped"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Broken adapters, clients and daemons
+
+async fn failure_with(reply: AdapterReply, timeout: Option<&str>) -> (StatusCode, String) {
+    let docker = echo_docker().await;
+    let broken = FakeAdapter::start(move |_| reply.clone()).await;
+    let definition = match timeout {
+        Some(t) => format!("{{ url = {:?}, timeout = {t:?} }}", broken.url()),
+        None => format!("{:?}", broken.url()),
+    };
+    let toml = format!(
+        "[adapters]\nbroken = {definition}\n[[endpoints]]\nmatch = \"POST /*/containers/create\"\npre = [\"broken\"]\n"
+    );
+    let proxy = TestProxy::start(&docker.address(), &toml).await;
+    let r = proxy.client().post_json(CREATE, &json!({})).await;
+    assert!(docker.requests().is_empty(), "Docker must not be called");
+    assert_still_serving(&proxy).await;
+    (r.status, r.message())
+}
+
+#[tokio::test]
+async fn an_adapter_answering_non_json_is_a_502_naming_it() {
+    let (status, message) = failure_with(
+        AdapterReply::raw(200, "text/html", "<html>Welcome to nginx</html>"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(message.starts_with("powerstrip: adapter \"broken\" failed in pre-hook: invalid answer from http://127.0.0.1:"), "{message}");
+    assert!(
+        message.contains("not a valid PowerstripProtocolVersion 1 document"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_200_is_a_502() {
+    let (status, message) = failure_with(AdapterReply::raw(200, "", ""), None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(message.contains("\"broken\""), "{message}");
+}
+
+#[tokio::test]
+async fn an_adapter_answering_the_wrong_version_is_a_502() {
+    let answer = json!({"PowerstripProtocolVersion": 2, "ModifiedClientRequest": {"Method": "POST", "Request": CREATE, "Body": "{}"}});
+    let (status, message) = failure_with(AdapterReply::Json(200, answer), None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        message.contains("unsupported PowerstripProtocolVersion 2"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_adapter_answer_lacking_a_field_is_a_502() {
+    let (status, message) = failure_with(
+        AdapterReply::Json(200, json!({"PowerstripProtocolVersion": 1})),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        message.contains("missing field ModifiedClientRequest"),
+        "{message}"
+    );
+    let no_body = json!({"PowerstripProtocolVersion": 1, "ModifiedClientRequest": {"Method": "POST", "Request": CREATE}});
+    let (status, message) = failure_with(AdapterReply::Json(200, no_body), None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(message.contains("missing field `Body`"), "{message}");
+}
+
+#[tokio::test]
+async fn an_adapter_that_closes_mid_answer_is_a_502() {
+    let (status, message) = failure_with(AdapterReply::CloseMidAnswer, None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(message.contains("\"broken\""), "{message}");
+}
+
+#[tokio::test]
+async fn a_hanging_adapter_times_out_as_configured() {
+    let started = std::time::Instant::now();
+    let (status, message) = failure_with(AdapterReply::Hang, Some("300ms")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        message,
+        "powerstrip: adapter \"broken\" failed in pre-hook: no answer within 300ms"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn an_unreachable_adapter_is_a_502_naming_it() {
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let docker = echo_docker().await;
+    let toml = format!(
+        "[adapters]\ngone = \"http://127.0.0.1:{port}/hook\"\n[[endpoints]]\nmatch = \"* *\"\npost = [\"gone\"]\n"
+    );
+    let proxy = TestProxy::start(&docker.address(), &toml).await;
+    let r = proxy.client().post_json(CREATE, &json!({})).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        r.message().starts_with(&format!("powerstrip: adapter \"gone\" failed in post-hook: cannot reach http://127.0.0.1:{port}/hook: ")),
+        "{}",
+        r.message()
+    );
+}
+
+#[tokio::test]
+async fn an_ignored_failure_skips_the_hook() {
+    let docker = echo_docker().await;
+    let one = FakeAdapter::add_to_field("Number", 1).await;
+    let broken = FakeAdapter::start(|_| AdapterReply::raw(200, "text/html", "oops")).await;
+    let toml = format!(
+        "[adapters]\nbroken = {{ url = {:?}, failure = \"ignore\" }}\none = {:?}\n[[endpoints]]\nmatch = \"POST /*/containers/create\"\npre = [\"one\", \"broken\", \"one\"]\n",
+        broken.url(),
+        one.url()
+    );
+    let proxy = TestProxy::start(&docker.address(), &toml).await;
+    let r = proxy
+        .client()
+        .post_json(CREATE, &json!({"Number": 0}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["Number"], 2);
+    assert_eq!(broken.call_count(), 1);
+}
+
+#[tokio::test]
+async fn malformed_http_from_a_client_gets_400_and_the_proxy_keeps_serving() {
+    let docker = echo_docker().await;
+    let proxy = TestProxy::start(&docker.address(), "").await;
+    let path = proxy.address().trim_start_matches("unix://").to_owned();
+    let mut raw = tokio::net::UnixStream::connect(&path).await.unwrap();
+    raw.write_all(b"THIS IS NOT HTTP\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer))
+        .await
+        .expect("the proxy answers and closes")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request"), "{answer}");
+    assert_still_serving(&proxy).await;
+    assert!(docker.requests().iter().all(|r| r.path() == "/_ping"));
+}
+
+#[tokio::test]
+async fn docker_down_is_a_prompt_502_and_the_proxy_recovers_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let ping = || Responder::raw(200, "text/plain", "OK");
+    let docker = FakeDocker::builder()
+        .route("GET", "/_ping", ping())
+        .start_unix_at(&socket)
+        .await;
+    let proxy = TestProxy::start(&format!("unix://{}", socket.display()), "").await;
+    assert_eq!(proxy.client().get("/_ping").await.status, StatusCode::OK);
+
+    drop(docker);
+    let started = std::time::Instant::now();
+    let r = proxy.client().get("/_ping").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a dead Docker must fail fast"
+    );
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        r.message().starts_with(&format!(
+            "powerstrip: cannot reach Docker at unix://{}: ",
+            socket.display()
+        )),
+        "{}",
+        r.message()
+    );
+
+    let _docker = FakeDocker::builder()
+        .route("GET", "/_ping", ping())
+        .start_unix_at(&socket)
+        .await;
+    let r = proxy.client().get("/_ping").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.text(), "OK");
+}
+
+#[tokio::test]
+async fn a_daemon_sending_garbage_is_a_502() {
+    let docker = FakeDocker::garbage(Bytes::from_static(b"NOT HTTP AT ALL\r\n\r\n")).await;
+    let proxy = TestProxy::start(&docker.address(), "").await;
+    let r = proxy.client().get("/v1.41/info").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        r.message().contains("cannot reach Docker"),
+        "{}",
+        r.message()
+    );
+}
