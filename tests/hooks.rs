@@ -3,6 +3,9 @@
 //! on demand (errors at chosen moments, hangs, garbage) or where what reached Docker must
 //! be inspected byte for byte.
 
+// Test helpers panic on purpose: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use bytes::Bytes;
