@@ -297,6 +297,28 @@ async fn serve_takes_its_settings_from_the_environment_and_stops_on_sigterm() {
     assert!(!socket.exists(), "the socket file is removed on shutdown");
 }
 
+#[test]
+fn a_file_that_is_not_a_socket_is_never_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, "keep me").unwrap();
+    let out = powerstrip()
+        .args([
+            "serve",
+            "--listen",
+            &format!("unix://{}", precious.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("exists and is not a socket"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+}
+
 #[tokio::test]
 async fn a_live_socket_is_not_stolen_but_a_stale_one_is_replaced() {
     let dir = tempfile::tempdir().unwrap();

@@ -445,6 +445,7 @@ async fn build_a_200_mb_context_without_buffering_it() {
         let run = docker(&proxy.host(), &["build", "-q", "-t", &tag, dir], None).await;
         assert_eq!(run.code, 0, "{}", run.stderr);
         let after = proxy.memory_kib("VmHWM");
+        eprintln!("200 MB build context: proxy peak RSS {before} KiB before, {after} KiB after");
         assert!(
             after < before + 8 * 1024,
             "uploading 200 MB grew the proxy's peak RSS from {before} KiB to {after} KiB"

@@ -186,8 +186,9 @@ impl Proxy {
             }
         };
 
-        let method = parts.method.clone();
-        let path = parts.uri.path().to_owned();
+        // Kept only when post-hooks may need them, to decide whether the answer is a stream.
+        let target =
+            (!matched.post.is_empty()).then(|| (parts.method.clone(), parts.uri.path().to_owned()));
         let mut response = self.upstream.send(Request::from_parts(parts, body)).await?;
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -208,9 +209,8 @@ impl Proxy {
 
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
-        let post_request = match docker_request {
-            Some(request) if !matched.post.is_empty() => request,
-            _ => return Ok(Response::from_parts(parts, Either::Left(body))),
+        let (Some(post_request), Some((method, path))) = (docker_request, target) else {
+            return Ok(Response::from_parts(parts, Either::Left(body)));
         };
         if let Err(reason) = post_hookable(&method, &path, &parts.headers, &body) {
             debug!("post-hooks skipped: {reason}");

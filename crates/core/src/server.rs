@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,9 @@ pub enum BindError {
     /// Something already answers on that unix socket.
     #[error("{0} is in use by a running server; refusing to take it over")]
     InUse(String),
+    /// Something that is not a socket is in the way; it is never removed.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(String),
     /// The operating system refused.
     #[error("cannot listen on {address}: {source}")]
     Io {
@@ -63,7 +66,10 @@ impl Listener {
         };
         match address {
             Address::Unix(path) => {
-                if path.exists() {
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    if !meta.file_type().is_socket() {
+                        return Err(BindError::NotASocket(address.to_string()));
+                    }
                     if UnixStream::connect(path).await.is_ok() {
                         return Err(BindError::InUse(address.to_string()));
                     }
