@@ -33,11 +33,11 @@ async fn echo_docker() -> FakeDocker {
         .await
 }
 
-/// A configuration hooking `pattern` with these pre and post chains over these adapters.
-fn config(adapters: &[(&str, &str)], endpoints: &[(&str, &[&str], &[&str])]) -> String {
+/// A configuration with these adapters and these `(pattern, pre, post)` endpoints.
+fn config(adapters: &[(&str, &FakeAdapter)], endpoints: &[Endpoint]) -> String {
     let mut toml = String::from("version = 1\n[adapters]\n");
-    for (name, url) in adapters {
-        toml.push_str(&format!("{name} = {url:?}\n"));
+    for (name, adapter) in adapters {
+        toml.push_str(&format!("{name} = {:?}\n", adapter.url()));
     }
     for (pattern, pre, post) in endpoints {
         toml.push_str(&format!(
@@ -45,6 +45,18 @@ fn config(adapters: &[(&str, &str)], endpoints: &[(&str, &[&str], &[&str])]) -> 
         ));
     }
     toml
+}
+
+/// An endpoint: its pattern, pre chain and post chain.
+type Endpoint<'a> = (&'a str, &'a [&'a str], &'a [&'a str]);
+
+/// The proxy in front of `docker` running this configuration.
+async fn proxy(
+    docker: &FakeDocker,
+    adapters: &[(&str, &FakeAdapter)],
+    endpoints: &[Endpoint<'_>],
+) -> TestProxy {
+    TestProxy::start(&docker.address(), &config(adapters, endpoints)).await
 }
 
 /// The proxy still answers an ordinary call after whatever a test did to it.
@@ -105,7 +117,7 @@ async fn empty_config_passes_through_to_a_tcp_docker() {
 #[tokio::test]
 async fn endpoint_with_empty_chains_passes_through() {
     let docker = echo_docker().await;
-    let proxy = TestProxy::start(&docker.address(), &config(&[], &[("* *", &[], &[])])).await;
+    let proxy = proxy(&docker, &[], &[("* *", &[], &[])]).await;
     assert_passes_through(&docker, &proxy).await;
 }
 
@@ -131,11 +143,15 @@ async fn original_yaml_configuration_runs_its_hooks() {
 // ---------------------------------------------------------------------------------------
 // Pre-hooks
 
-async fn number_after_pre_hooks(adapters: &[(&str, &str)], chain: &[&str]) -> (Value, Value) {
+async fn number_after_pre_hooks(
+    adapters: &[(&str, &FakeAdapter)],
+    chain: &[&str],
+) -> (Value, Value) {
     let docker = echo_docker().await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(adapters, &[("POST /*/containers/create", chain, &[])]),
+    let proxy = proxy(
+        &docker,
+        adapters,
+        &[("POST /*/containers/create", chain, &[])],
     )
     .await;
     let r = proxy
@@ -150,7 +166,7 @@ async fn number_after_pre_hooks(adapters: &[(&str, &str)], chain: &[&str]) -> (V
 #[tokio::test]
 async fn one_pre_hook_adder_adds_one() {
     let one = FakeAdapter::add_to_field("Number", 1).await;
-    let (docker, client) = number_after_pre_hooks(&[("one", &one.url())], &["one"]).await;
+    let (docker, client) = number_after_pre_hooks(&[("one", &one)], &["one"]).await;
     assert_eq!(docker, json!({"Number": 2, "Image": "busybox"}));
     assert_eq!(client["Number"], 2);
     assert_eq!(one.call_count(), 1);
@@ -159,7 +175,7 @@ async fn one_pre_hook_adder_adds_one() {
 #[tokio::test]
 async fn the_same_adder_twice_adds_two() {
     let one = FakeAdapter::add_to_field("Number", 1).await;
-    let (docker, _) = number_after_pre_hooks(&[("one", &one.url())], &["one", "one"]).await;
+    let (docker, _) = number_after_pre_hooks(&[("one", &one)], &["one", "one"]).await;
     assert_eq!(docker["Number"], 3);
     assert_eq!(one.call_count(), 2);
 }
@@ -169,29 +185,26 @@ async fn two_different_adders_add_three() {
     let one = FakeAdapter::add_to_field("Number", 1).await;
     let two = FakeAdapter::add_to_field("Number", 2).await;
     let (docker, _) =
-        number_after_pre_hooks(&[("one", &one.url()), ("two", &two.url())], &["one", "two"]).await;
+        number_after_pre_hooks(&[("one", &one), ("two", &two)], &["one", "two"]).await;
     assert_eq!(docker["Number"], 4);
 }
 
 #[tokio::test]
 async fn the_second_pre_hook_sees_the_first_ones_request() {
     let docker = echo_docker().await;
-    let rewriter = FakeAdapter::start(|call| match call {
-        HookCall::PreHook { client_request } => AdapterReply::Pre(ClientRequest::new(
-            client_request.method.clone(),
-            format!("{}?name=rewritten", client_request.path()),
+    let rewriter = FakeAdapter::rewrite_pre(|request| {
+        ClientRequest::new(
+            request.method.clone(),
+            format!("{}?name=rewritten", request.path()),
             Some(r#"{"Image":"busybox","Rewritten":true}"#.into()),
-        )),
-        other => AdapterReply::pass(other),
+        )
     })
     .await;
     let recorder = FakeAdapter::echo().await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("rewriter", &rewriter.url()), ("recorder", &recorder.url())],
-            &[("POST /*/containers/create", &["rewriter", "recorder"], &[])],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("rewriter", &rewriter), ("recorder", &recorder)],
+        &[("POST /*/containers/create", &["rewriter", "recorder"], &[])],
     )
     .await;
     proxy
@@ -223,12 +236,10 @@ async fn a_get_with_query_args_is_hooked_and_the_query_ignored_for_matching() {
         .start_unix()
         .await;
     let recorder = FakeAdapter::echo().await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("recorder", &recorder.url())],
-            &[("GET /*/containers/json", &["recorder"], &["recorder"])],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("recorder", &recorder)],
+        &[("GET /*/containers/json", &["recorder"], &["recorder"])],
     )
     .await;
     let path = "/v1.41/containers/json?all=1&filters=%7B%22label%22%3A%5B%22a%3Db%22%5D%7D";
@@ -257,11 +268,7 @@ async fn glob_variants_match() {
     ] {
         let one = FakeAdapter::add_to_field("Number", 1).await;
         let docker = echo_docker().await;
-        let proxy = TestProxy::start(
-            &docker.address(),
-            &config(&[("one", &one.url())], &[(pattern, &["one"], &[])]),
-        )
-        .await;
+        let proxy = proxy(&docker, &[("one", &one)], &[(pattern, &["one"], &[])]).await;
         let r = proxy
             .client()
             .post_json("/v1.16/containers/create", &json!({"Number": 0}))
@@ -290,12 +297,10 @@ async fn glob_variants_match() {
 async fn a_pattern_that_does_not_match_calls_nothing() {
     let one = FakeAdapter::add_to_field("Number", 1).await;
     let docker = echo_docker().await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("one", &one.url())],
-            &[("POST /v[2-9]*/containers/create", &["one"], &[])],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("one", &one)],
+        &[("POST /v[2-9]*/containers/create", &["one"], &[])],
     )
     .await;
     let r = proxy
@@ -308,16 +313,14 @@ async fn a_pattern_that_does_not_match_calls_nothing() {
 
 /// An adapter that appends its name to the `Order` list in the request body.
 async fn appender(name: &'static str) -> FakeAdapter {
-    FakeAdapter::start(move |call| match call {
-        HookCall::PreHook { client_request } => {
-            let mut body: Value =
-                serde_json::from_str(client_request.body.as_deref().unwrap_or("{}")).unwrap();
-            body["Order"].as_array_mut().unwrap().push(json!(name));
-            let mut modified = client_request.clone();
-            modified.body = Some(body.to_string());
-            AdapterReply::Pre(modified)
+    FakeAdapter::rewrite_pre(move |request| {
+        let mut body: Value =
+            serde_json::from_str(request.body.as_deref().unwrap_or("{}")).unwrap();
+        body["Order"].as_array_mut().unwrap().push(json!(name));
+        ClientRequest {
+            body: Some(body.to_string()),
+            ..request.clone()
         }
-        other => AdapterReply::pass(other),
     })
     .await
 }
@@ -330,17 +333,15 @@ async fn several_matching_patterns_run_in_file_order() {
         appender("c").await,
     );
     let docker = echo_docker().await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("a", &a.url()), ("b", &b.url()), ("c", &c.url())],
-            &[
-                ("* *", &["c"], &[]),
-                ("POST /*/containers/create", &["a", "b"], &[]),
-                ("GET /*", &["a"], &[]),
-                ("POST /*/containers/*", &["b"], &[]),
-            ],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("a", &a), ("b", &b), ("c", &c)],
+        &[
+            ("* *", &["c"], &[]),
+            ("POST /*/containers/create", &["a", "b"], &[]),
+            ("GET /*", &["a"], &[]),
+            ("POST /*/containers/*", &["b"], &[]),
+        ],
     )
     .await;
     let r = proxy
@@ -354,12 +355,10 @@ async fn several_matching_patterns_run_in_file_order() {
 async fn json_with_parameters_counts_as_json() {
     let one = FakeAdapter::add_to_field("Number", 1).await;
     let docker = echo_docker().await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("one", &one.url())],
-            &[("POST /*/containers/create", &["one"], &[])],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("one", &one)],
+        &[("POST /*/containers/create", &["one"], &[])],
     )
     .await;
     let r = proxy
@@ -387,12 +386,10 @@ async fn non_json_request_bodies_skip_pre_hooks_and_stream_untouched() {
         .start_unix()
         .await;
     let recorder = FakeAdapter::echo().await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("recorder", &recorder.url())],
-            &[("* *", &["recorder"], &[])],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("recorder", &recorder)],
+        &[("* *", &["recorder"], &[])],
     )
     .await;
     // A binary "tar" body, sent in chunks, with bytes that are not UTF-8.
@@ -429,22 +426,14 @@ async fn non_json_request_bodies_skip_pre_hooks_and_stream_untouched() {
 
 #[tokio::test]
 async fn an_adapter_that_changes_the_path_or_method_is_refused_by_name() {
-    let mover = FakeAdapter::start(|call| match call {
-        HookCall::PreHook { client_request } => {
-            let mut moved = client_request.clone();
-            moved.request = "/v1.41/containers/other/start".into();
-            AdapterReply::Pre(moved)
-        }
-        other => AdapterReply::pass(other),
+    let mover = FakeAdapter::rewrite_pre(|request| ClientRequest {
+        request: "/v1.41/containers/other/start".into(),
+        ..request.clone()
     })
     .await;
-    let method_changer = FakeAdapter::start(|call| match call {
-        HookCall::PreHook { client_request } => {
-            let mut moved = client_request.clone();
-            moved.method = "DELETE".into();
-            AdapterReply::Pre(moved)
-        }
-        other => AdapterReply::pass(other),
+    let method_changer = FakeAdapter::rewrite_pre(|request| ClientRequest {
+        method: "DELETE".into(),
+        ..request.clone()
     })
     .await;
     for (name, adapter, what) in [
@@ -452,12 +441,10 @@ async fn an_adapter_that_changes_the_path_or_method_is_refused_by_name() {
         ("deleter", &method_changer, "changed the method"),
     ] {
         let docker = echo_docker().await;
-        let proxy = TestProxy::start(
-            &docker.address(),
-            &config(
-                &[(name, &adapter.url())],
-                &[("POST /*/containers/create", &[name], &[])],
-            ),
+        let proxy = proxy(
+            &docker,
+            &[(name, adapter)],
+            &[("POST /*/containers/create", &[name], &[])],
         )
         .await;
         let r = proxy.client().post_json(CREATE, &json!({})).await;
@@ -478,7 +465,7 @@ async fn a_hooked_body_beyond_the_limit_gets_413() {
     let recorder = FakeAdapter::echo().await;
     let proxy = TestProxy::builder(&docker.address())
         .toml(&config(
-            &[("recorder", &recorder.url())],
+            &[("recorder", &recorder)],
             &[("* *", &["recorder"], &[])],
         ))
         .max_hook_body(1024)
@@ -501,16 +488,14 @@ async fn a_pre_hook_refusal_never_reaches_docker_and_stops_the_chain() {
     let docker = echo_docker().await;
     let refuser = FakeAdapter::refuse(403, "image busybox is not allowed here").await;
     let after = FakeAdapter::echo().await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("refuser", &refuser.url()), ("after", &after.url())],
-            &[(
-                "POST /*/containers/create",
-                &["refuser", "after"],
-                &["after"],
-            )],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("refuser", &refuser), ("after", &after)],
+        &[(
+            "POST /*/containers/create",
+            &["refuser", "after"],
+            &["after"],
+        )],
     )
     .await;
     let r = proxy
@@ -531,12 +516,10 @@ async fn a_pre_hook_refusal_never_reaches_docker_and_stops_the_chain() {
 async fn a_docker_style_refusal_keeps_its_message() {
     let docker = echo_docker().await;
     let refuser = FakeAdapter::refuse(409, r#"{"message": "quota exceeded"}"#).await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("quota", &refuser.url())],
-            &[("POST /*/containers/create", &["quota"], &[])],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("quota", &refuser)],
+        &[("POST /*/containers/create", &["quota"], &[])],
     )
     .await;
     let r = proxy.client().post_json(CREATE, &json!({})).await;
@@ -549,12 +532,10 @@ async fn a_post_hook_error_stops_the_chain_and_reaches_the_client() {
     let docker = echo_docker().await;
     let refuser = FakeAdapter::refuse(409, "post-hook says no").await;
     let after = FakeAdapter::echo().await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("refuser", &refuser.url()), ("after", &after.url())],
-            &[("POST /*/containers/create", &[], &["refuser", "after"])],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("refuser", &refuser), ("after", &after)],
+        &[("POST /*/containers/create", &[], &["refuser", "after"])],
     )
     .await;
     let r = proxy.client().post_json(CREATE, &json!({})).await;
@@ -579,12 +560,10 @@ async fn a_post_hook_adder_rewrites_the_response() {
         .start_unix()
         .await;
     let one = FakeAdapter::add_to_field("Number", 1).await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("one", &one.url())],
-            &[("POST /*/containers/create", &[], &["one"])],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("one", &one)],
+        &[("POST /*/containers/create", &[], &["one"])],
     )
     .await;
     let r = proxy
@@ -631,18 +610,9 @@ async fn nine_post_hooks_that_grow_the_body_keep_content_length_right() {
         adapters.push(FakeAdapter::add_to_field("Number", n).await);
     }
     let names: Vec<String> = (0..adapters.len()).map(|i| format!("grow{i}")).collect();
-    let urls: Vec<String> = adapters.iter().map(FakeAdapter::url).collect();
-    let defs: Vec<(&str, &str)> = names
-        .iter()
-        .map(String::as_str)
-        .zip(urls.iter().map(String::as_str))
-        .collect();
+    let defs: Vec<(&str, &FakeAdapter)> = names.iter().map(String::as_str).zip(&adapters).collect();
     let chain: Vec<&str> = names.iter().map(String::as_str).collect();
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(&defs, &[("GET /*/info", &[], &chain)]),
-    )
-    .await;
+    let proxy = proxy(&docker, &defs, &[("GET /*/info", &[], &chain)]).await;
     let r = proxy.client().get("/v1.41/info").await;
     assert_eq!(r.json(), json!({"Number": 111_111_111}));
     let length: usize = r.header("content-length").unwrap().parse().unwrap();
@@ -659,24 +629,17 @@ async fn the_second_post_hook_sees_the_first_ones_code_and_content_type() {
         )
         .start_unix()
         .await;
-    let changer = FakeAdapter::start(|call| match call {
-        HookCall::PostHook {
-            server_response, ..
-        } => AdapterReply::Post(ServerResponse {
-            content_type: "application/json; charset=utf-8".into(),
-            body: server_response.body.clone(),
-            code: 202,
-        }),
-        other => AdapterReply::pass(other),
+    let changer = FakeAdapter::rewrite_post(|response| ServerResponse {
+        content_type: "application/json; charset=utf-8".into(),
+        body: response.body.clone(),
+        code: 202,
     })
     .await;
     let recorder = FakeAdapter::echo().await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("changer", &changer.url()), ("recorder", &recorder.url())],
-            &[("POST /*/containers/create", &[], &["changer", "recorder"])],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("changer", &changer), ("recorder", &recorder)],
+        &[("POST /*/containers/create", &[], &["changer", "recorder"])],
     )
     .await;
     let r = proxy.client().post_json(CREATE, &json!({})).await;
@@ -720,12 +683,10 @@ async fn docker_errors_still_run_post_hooks_which_may_turn_them_into_success() {
         other => AdapterReply::pass(other),
     })
     .await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("healer", &healer.url())],
-            &[("GET /*/containers/*/json", &[], &["healer"])],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("healer", &healer)],
+        &[("GET /*/containers/*/json", &[], &["healer"])],
     )
     .await;
     let r = proxy.client().get("/v1.41/containers/web/json").await;
@@ -741,12 +702,10 @@ async fn a_response_without_body_reaches_post_hooks_as_null() {
         .start_unix()
         .await;
     let recorder = FakeAdapter::echo().await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("recorder", &recorder.url())],
-            &[("* *", &["recorder"], &["recorder"])],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("recorder", &recorder)],
+        &[("* *", &["recorder"], &["recorder"])],
     )
     .await;
     let r = proxy
@@ -777,12 +736,10 @@ async fn a_hijacked_stream_passes_with_a_post_hook_configured_which_is_never_cal
         .start_unix()
         .await;
     let recorder = FakeAdapter::echo().await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("recorder", &recorder.url())],
-            &[("POST /*/containers/*/attach", &[], &["recorder"])],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("recorder", &recorder)],
+        &[("POST /*/containers/*/attach", &[], &["recorder"])],
     )
     .await;
     let (response, mut io) = proxy
@@ -826,12 +783,10 @@ async fn chunked_responses_stream_with_hooks_configured() {
         .start_unix()
         .await;
     let recorder = FakeAdapter::echo().await;
-    let proxy = TestProxy::start(
-        &docker.address(),
-        &config(
-            &[("recorder", &recorder.url())],
-            &[("* *", &["recorder"], &["recorder"])],
-        ),
+    let proxy = proxy(
+        &docker,
+        &[("recorder", &recorder)],
+        &[("* *", &["recorder"], &["recorder"])],
     )
     .await;
     let mut response = proxy

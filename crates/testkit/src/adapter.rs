@@ -207,6 +207,32 @@ impl FakeAdapter {
         .await
     }
 
+    /// Rewrites every pre-hook's request with `f`; post-hooks pass through.
+    pub async fn rewrite_pre<F>(f: F) -> FakeAdapter
+    where
+        F: Fn(&ClientRequest) -> ClientRequest + Send + Sync + 'static,
+    {
+        FakeAdapter::start(move |call| match call {
+            HookCall::PreHook { client_request } => AdapterReply::Pre(f(client_request)),
+            other => AdapterReply::pass(other),
+        })
+        .await
+    }
+
+    /// Rewrites every post-hook's response with `f`; pre-hooks pass through.
+    pub async fn rewrite_post<F>(f: F) -> FakeAdapter
+    where
+        F: Fn(&ServerResponse) -> ServerResponse + Send + Sync + 'static,
+    {
+        FakeAdapter::start(move |call| match call {
+            HookCall::PostHook {
+                server_response, ..
+            } => AdapterReply::Post(f(server_response)),
+            other => AdapterReply::pass(other),
+        })
+        .await
+    }
+
     /// Refuses every call with `status` and `body` as is: `application/json` when the body
     /// is a JSON object or array, `text/plain` otherwise.
     pub async fn refuse(status: u16, body: &str) -> FakeAdapter {
