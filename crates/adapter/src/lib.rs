@@ -11,6 +11,12 @@
 //! - [`HookError`]: how a hook refuses a call (an HTTP status and a message the docker
 //!   user reads as `Error response from daemon: <message>`) or reports that it failed.
 //! - Re-exported wire types: [`ClientRequest`], [`ServerResponse`].
+//! - [`builtin`]: [`Builtin`](builtin::Builtin), an adapter's name, options and factory, so
+//!   the `powerstrip` binary can link it (`builtin = "..."`) and [`cli`] can serve it.
+//! - [`serve`]: the HTTP server for an adapter ([`serve::serve`], [`serve::answer`]).
+//! - [`cli`]: a ready-made `main` for an adapter binary (`--listen`, `--set`, `--log`).
+//! - [`net`]: addresses (`unix:///path`, `tcp://host:port`), listeners and the HTTP/1.1
+//!   server loop the proxy shares.
 //!
 //! ```
 //! use powerstrip_adapter::{async_trait, Adapter, ClientRequest, HookError};
@@ -38,6 +44,11 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
+
+pub mod builtin;
+pub mod cli;
+pub mod net;
+pub mod serve;
 
 pub use async_trait::async_trait;
 pub use http::StatusCode;

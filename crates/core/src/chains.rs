@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use powerstrip_adapter::builtin::Builtin;
 use powerstrip_adapter::{Adapter, ClientRequest, HookError, ServerResponse};
 use powerstrip_config::{AdapterKind, Config, ConfigError, ConfigErrors, FailurePolicy, Pattern};
 use powerstrip_protocol::HookType;
@@ -14,19 +15,12 @@ use tracing::{info, warn};
 use crate::error::{ProxyError, humanize};
 use crate::http_adapter::HttpAdapter;
 
-/// Builds an in-process adapter from the options an operator wrote in its table.
-pub type BuiltinFactory = Arc<
-    dyn Fn(&serde_json::Map<String, serde_json::Value>) -> Result<Arc<dyn Adapter>, String>
-        + Send
-        + Sync,
->;
-
 /// The in-process adapters a binary links, by the name configs use in `builtin = "..."`.
 /// The proxy knows no adapter by name: whoever embeds it registers them here.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Builtins {
-    /// Factories by builtin name.
-    factories: BTreeMap<String, BuiltinFactory>,
+    /// By name.
+    builtins: BTreeMap<String, Builtin>,
 }
 
 impl Builtins {
@@ -35,21 +29,19 @@ impl Builtins {
         Self::default()
     }
 
-    /// Registers a builtin adapter under `name`.
-    pub fn register(&mut self, name: impl Into<String>, factory: BuiltinFactory) -> &mut Self {
-        self.factories.insert(name.into(), factory);
+    /// Registers a builtin adapter under its name.
+    pub fn register(&mut self, builtin: Builtin) -> &mut Self {
+        self.builtins.insert(builtin.name().to_owned(), builtin);
         self
     }
 
-    /// The registered names, sorted.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.factories.keys().map(String::as_str)
+    /// The registered builtins, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Builtin> {
+        self.builtins.values()
     }
-}
 
-impl fmt::Debug for Builtins {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.names()).finish()
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.builtins.keys().map(String::as_str)
     }
 }
 
@@ -147,7 +139,7 @@ impl Chains {
                     }
                 },
                 AdapterKind::Builtin { builtin, options } => {
-                    let Some(factory) = builtins.factories.get(builtin) else {
+                    let Some(factory) = builtins.builtins.get(builtin) else {
                         let known: Vec<&str> = builtins.names().collect();
                         errors.push(error(format!(
                             "adapter {:?}: unknown builtin {builtin:?} (this build has: {})",
@@ -160,7 +152,7 @@ impl Chains {
                         )));
                         continue;
                     };
-                    match factory(options) {
+                    match factory.build(options) {
                         Ok(adapter) => adapter,
                         Err(e) => {
                             errors.push(error(format!("adapter {:?} ({builtin}): {e}", def.name)));

@@ -57,7 +57,7 @@ impl HttpAdapter {
                 path_and_query,
                 ..
             } => {
-                let authority = crate::addr::Address::tcp_target(host, *port);
+                let authority = powerstrip_adapter::net::Address::tcp_target(host, *port);
                 (
                     Target::Tcp(authority.clone().into()),
                     path_and_query.clone(),

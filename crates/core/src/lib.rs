@@ -6,8 +6,7 @@
 //! interactive sessions included.
 //!
 //! ## Layout
-//! - [`addr`]: `unix:///path` and `tcp://host:port` addresses.
-//! - [`server`]: listeners, the accept loop and graceful shutdown ([`serve`]).
+//! - [`server`]: serving the proxy on the SDK's listeners ([`serve`]).
 //! - [`proxy`]: one request's path — match, pre chain, Docker, post chain, respond — and
 //!   the streaming and upgrade bypasses ([`Proxy`]).
 //! - [`chains`]: adapters built from the configuration, matched per request and run in
@@ -21,7 +20,6 @@
 //! [`Builtins`] and adapters implement [`powerstrip_adapter::Adapter`].
 #![forbid(unsafe_code)]
 
-pub mod addr;
 mod body;
 pub mod chains;
 mod connect;
@@ -33,10 +31,10 @@ pub mod server;
 mod streaming;
 pub mod upstream;
 
-pub use addr::Address;
 pub use body::ProxyBody;
-pub use chains::{BuiltinFactory, Builtins, ChainOptions, Chains};
+pub use chains::{Builtins, ChainOptions, Chains};
 pub use error::ProxyError;
+pub use powerstrip_adapter::net::{Address, BindError, Listener, ServerOptions};
 pub use proxy::{Limits, Proxy};
-pub use server::{Listener, ServerOptions, serve};
+pub use server::serve;
 pub use upstream::Upstream;

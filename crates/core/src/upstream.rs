@@ -8,10 +8,10 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::addr::Address;
 use crate::body::ProxyBody;
 use crate::connect::{Connector, Target};
 use crate::error::{ProxyError, root_cause};
+use powerstrip_adapter::net::Address;
 
 /// How long an idle pooled connection to Docker is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);

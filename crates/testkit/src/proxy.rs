@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use powerstrip_adapter::Adapter;
+use powerstrip_adapter::builtin::Builtin;
 use powerstrip_config::{Config, Format};
 use powerstrip_core::{
-    Address, BuiltinFactory, Builtins, ChainOptions, Chains, Limits, Listener, Proxy,
-    ServerOptions, Upstream,
+    Address, Builtins, ChainOptions, Chains, Limits, Listener, Proxy, ServerOptions, Upstream,
 };
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -101,10 +102,15 @@ impl TestProxyBuilder {
         self
     }
 
-    /// Makes an in-process adapter available as `builtin = "name"`.
-    pub fn builtin(mut self, name: &str, factory: BuiltinFactory) -> Self {
-        self.builtins.register(name, factory);
+    /// Makes an in-process adapter available as `builtin = "<its name>"`.
+    pub fn builtin(mut self, builtin: Builtin) -> Self {
+        self.builtins.register(builtin);
         self
+    }
+
+    /// Makes this adapter instance available as `builtin = "name"` (it takes no options).
+    pub fn adapter(self, name: &str, adapter: impl Adapter) -> Self {
+        self.builtin(Builtin::from_adapter(name, adapter))
     }
 
     /// Sets the largest body handed to hooks.
