@@ -46,6 +46,20 @@ enum Command {
         /// The configuration file.
         file: PathBuf,
     },
+    /// List the adapters built into this binary (`builtin = "..."`) with their options.
+    Adapters,
+    /// Check an HTTP adapter (in any language) against PowerstripProtocolVersion 1.
+    ///
+    /// Calls it as the proxy does — pre- and post-hooks, null bodies, unknown fields,
+    /// malformed calls — and prints one line per check and `N passed, N failed`. Exits 1
+    /// when a check fails.
+    Conformance {
+        /// The adapter's URL: http://host:port/path or unix:///path/to.sock.
+        url: String,
+        /// How long each call may take.
+        #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,13 +106,24 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 
 /// The in-process adapters this binary links, by their `builtin = "..."` names.
 fn builtins() -> Builtins {
-    Builtins::new()
+    let mut builtins = Builtins::new();
+    for builtin in powerstrip_examples::builtins() {
+        builtins.register(builtin);
+    }
+    builtins
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { file } => check(&file),
+        Command::Conformance { url, timeout } => conformance(&url, timeout),
+        Command::Adapters => {
+            for builtin in builtins().iter() {
+                println!("{}", builtin.describe());
+            }
+            ExitCode::SUCCESS
+        }
         Command::Serve(args) => {
             init_logging();
             match serve(args) {
@@ -187,6 +212,18 @@ fn describe(config: &Config) -> String {
     out
 }
 
+#[tokio::main(flavor = "current_thread")]
+async fn conformance(url: &str, timeout: Duration) -> ExitCode {
+    let options = powerstrip_testkit::conformance::Options { timeout };
+    let report = powerstrip_testkit::conformance::check(url, &options).await;
+    println!("{report}");
+    if report.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 #[tokio::main]
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let options = ChainOptions {
@@ -232,26 +269,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         listeners,
         proxy,
         ServerOptions { grace: args.grace },
-        shutdown_signal(),
+        powerstrip_adapter::cli::shutdown_signal(),
     )
     .await;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            warn!(error = %err, "cannot watch SIGTERM; stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,8 @@
 //! options.insert("delay".into(), "5ms".into());
 //! assert!(pause.build(&options).is_ok());
 //! options.insert("dleay".into(), "5ms".into());
-//! assert!(pause.build(&options).unwrap_err().contains("unknown field `dleay`"));
+//! let error = pause.build(&options).err().unwrap_or_default();
+//! assert!(error.contains("unknown field `dleay`"), "{error}");
 //! ```
 
 use std::fmt;

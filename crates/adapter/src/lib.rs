@@ -11,6 +11,11 @@
 //! - [`HookError`]: how a hook refuses a call (an HTTP status and a message the docker
 //!   user reads as `Error response from daemon: <message>`) or reports that it failed.
 //! - Re-exported wire types: [`ClientRequest`], [`ServerResponse`].
+//! - [`docker`]: lossless views of the Docker bodies adapters most often touch
+//!   ([`ContainerCreate`](docker::ContainerCreate): image, user, env, labels, cmd, binds,
+//!   mounts, network mode) — everything not set survives the round trip.
+//! - [`path`]: the request path split into API version, endpoint and ids, and query
+//!   string helpers ([`RequestExt`](path::RequestExt)).
 //! - [`builtin`]: [`Builtin`](builtin::Builtin), an adapter's name, options and factory, so
 //!   the `powerstrip` binary can link it (`builtin = "..."`) and [`cli`] can serve it.
 //! - [`serve`]: the HTTP server for an adapter ([`serve::serve`], [`serve::answer`]).
@@ -19,6 +24,8 @@
 //!   server loop the proxy shares.
 //!
 //! ```
+//! use powerstrip_adapter::docker::{ContainerCreate, field};
+//! use powerstrip_adapter::path::RequestExt as _;
 //! use powerstrip_adapter::{async_trait, Adapter, ClientRequest, HookError};
 //!
 //! /// Refuses every privileged container.
@@ -27,17 +34,25 @@
 //! #[async_trait]
 //! impl Adapter for NoPrivileged {
 //!     async fn pre_hook(&self, request: ClientRequest) -> Result<ClientRequest, HookError> {
-//!         if request.body.as_deref().is_some_and(|b| b.contains(r#""Privileged":true"#)) {
-//!             return Err(HookError::forbidden("privileged containers are not allowed here"));
+//!         if request.docker_path().endpoint() == "/containers/create" {
+//!             let create = ContainerCreate::from_request(&request)?;
+//!             let privileged = create
+//!                 .host_config()
+//!                 .and_then(|hc| field(hc, "Privileged"))
+//!                 .is_some_and(|v| v == true);
+//!             if privileged {
+//!                 return Err(HookError::forbidden("privileged containers are not allowed here"));
+//!             }
 //!         }
 //!         Ok(request)
 //!     }
 //! }
+//!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let request = ClientRequest::new(
 //!     "POST",
 //!     "/v1.41/containers/create",
-//!     Some(r#"{"HostConfig":{"Privileged":true}}"#.into()),
+//!     Some(r#"{"Image":"busybox","HostConfig":{"Privileged": true}}"#.into()),
 //! );
 //! let refused = NoPrivileged.pre_hook(request).await.unwrap_err();
 //! assert_eq!(refused.status(), 403);
@@ -47,7 +62,9 @@
 
 pub mod builtin;
 pub mod cli;
+pub mod docker;
 pub mod net;
+pub mod path;
 pub mod serve;
 
 pub use async_trait::async_trait;

@@ -143,7 +143,8 @@ impl std::fmt::Debug for FakeAdapter {
 
 impl FakeAdapter {
     /// Starts an adapter answering each call with `behaviour(call)`. Bodies that are not a
-    /// valid call are recorded in [`bad_calls`](Self::bad_calls) and answered `400`.
+    /// valid call are recorded in [`bad_calls`](Self::bad_calls) and answered `400` with a
+    /// Docker-style `{"message": "..."}` saying why.
     pub async fn start<F>(behaviour: F) -> FakeAdapter
     where
         F: Fn(&HookCall) -> AdapterReply + Send + Sync + 'static,
@@ -334,7 +335,11 @@ async fn serve_connection(io: BoxedIo, state: Arc<AdapterState>) {
             }
             Err(error) => {
                 lock(&state.bad_calls).push(request.recorded.text());
-                AdapterReply::raw(400, "text/plain", format!("fake adapter: {error}"))
+                // Docker-style, as the conformance suite expects of every adapter.
+                AdapterReply::Json(
+                    400,
+                    serde_json::json!({"message": format!("fake adapter: {error}")}),
+                )
             }
         };
         let written = loop {

@@ -19,6 +19,8 @@
 //! - [`body`]: [`ChannelBody`], a body fed chunk by chunk from a channel, and
 //!   [`next_chunk`] to read one as it arrives.
 //! - [`net`]: [`Address`] (`unix:///path`, `tcp://IP:PORT`) and [`connect`].
+//! - [`conformance`]: checks any HTTP adapter against PowerstripProtocolVersion 1 and
+//!   reports what it got wrong (`powerstrip conformance URL`).
 //! - [`proxy`]: [`TestProxy`], the real proxy in-process, configured from TOML or YAML text,
 //!   with in-process adapters if the test registers them.
 #![forbid(unsafe_code)]
@@ -26,6 +28,7 @@
 pub mod adapter;
 pub mod body;
 pub mod client;
+pub mod conformance;
 pub mod docker;
 pub mod net;
 pub mod proxy;

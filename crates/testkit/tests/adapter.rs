@@ -153,6 +153,14 @@ async fn undecodable_calls_are_recorded_as_bad_calls() {
         )
         .await;
     assert_eq!(answer.status, 400);
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert!(
+        answer
+            .message()
+            .starts_with("fake adapter: not a valid PowerstripProtocolVersion 1 document"),
+        "{}",
+        answer.text()
+    );
     assert_eq!(adapter.bad_calls(), vec!["<html>".to_owned()]);
     assert!(adapter.calls().is_empty());
     assert_eq!(adapter.call_count(), 1);

@@ -1,0 +1,6 @@
+//! `powerstrip-image-policy`: the image-policy example adapter served over HTTP.
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    powerstrip_adapter::cli::main(powerstrip_examples::image_policy::builtin())
+}
