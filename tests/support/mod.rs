@@ -71,6 +71,11 @@ impl ProxyProcess {
     /// Starts `powerstrip serve` in front of the real daemon, with this TOML configuration
     /// (none: pass-through only), and waits until its socket accepts connections.
     pub fn start(config: Option<&str>) -> ProxyProcess {
+        Self::start_logging(config, "warn")
+    }
+
+    /// Like [`ProxyProcess::start`], logging at `filter` (`RUST_LOG`) into [`Self::log`].
+    pub fn start_logging(config: Option<&str>, filter: &str) -> ProxyProcess {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("powerstrip.sock");
         let log = dir.path().join("powerstrip.log");
@@ -78,7 +83,7 @@ impl ProxyProcess {
         command
             .args(["serve", "--listen", &format!("unix://{}", socket.display())])
             .args(["--docker", &format!("unix://{DOCKER_SOCKET}")])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         if let Some(text) = config {
