@@ -1022,3 +1022,38 @@ async fn a_daemon_sending_garbage_is_a_502() {
         r.message()
     );
 }
+
+#[tokio::test]
+async fn an_adapter_served_on_a_unix_socket_is_reachable() {
+    use powerstrip_adapter::net::{Address, Listener};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("adapter.sock");
+    let listener = Listener::bind(&Address::Unix(socket.clone()))
+        .await
+        .unwrap();
+    struct Stamp;
+    #[powerstrip_adapter::async_trait]
+    impl powerstrip_adapter::Adapter for Stamp {
+        async fn pre_hook(
+            &self,
+            mut request: ClientRequest,
+        ) -> Result<ClientRequest, powerstrip_adapter::HookError> {
+            request.body = Some(r#"{"Stamped":true}"#.into());
+            Ok(request)
+        }
+    }
+    tokio::spawn(powerstrip_adapter::serve::serve_listeners(
+        std::sync::Arc::new(Stamp),
+        vec![listener],
+        std::future::pending(),
+    ));
+    let docker = echo_docker().await;
+    let toml = format!(
+        "[adapters]\nstamp = \"unix://{}\"\n[[endpoints]]\nmatch = \"POST /*/containers/create\"\npre = [\"stamp\"]\n",
+        socket.display()
+    );
+    let proxy = TestProxy::start(&docker.address(), &toml).await;
+    let r = proxy.client().post_json(CREATE, &json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(docker.requests()[0].json(), json!({"Stamped": true}));
+}

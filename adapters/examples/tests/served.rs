@@ -178,3 +178,18 @@ fn bad_options_stop_the_binary_with_exit_64() {
         "{help}"
     );
 }
+
+#[tokio::test]
+async fn a_served_adapter_has_a_health_endpoint_and_refuses_other_methods() {
+    let served = Served::start(env!("CARGO_BIN_EXE_powerstrip-logger"), &[]);
+    let client = powerstrip_testkit::TestClient::new(&format!("tcp://{}", served.host_port()));
+    let health = client.get("/healthz").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json(), serde_json::json!({"status": "ok"}));
+    let wrong = client.request(http::Method::PUT, "/").await;
+    assert_eq!(wrong.status, 405);
+    assert_eq!(
+        wrong.message(),
+        "PUT /: POST hook calls here, or GET /healthz"
+    );
+}
