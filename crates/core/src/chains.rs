@@ -212,8 +212,9 @@ impl Chains {
     }
 }
 
-/// Runs the pre-hooks in order; each receives the previous one's request.
-pub(crate) async fn run_pre(
+/// Runs the pre-hooks in order; each receives the previous one's request. Refusals and
+/// failures (after the failure policy) end the chain as a [`ProxyError`].
+pub async fn run_pre(
     hooks: &[&Hook],
     mut request: ClientRequest,
 ) -> Result<ClientRequest, ProxyError> {
@@ -235,7 +236,7 @@ pub(crate) async fn run_pre(
 }
 
 /// Runs the post-hooks in order; each receives the previous one's response.
-pub(crate) async fn run_post(
+pub async fn run_post(
     hooks: &[&Hook],
     request: &ClientRequest,
     mut response: ServerResponse,
