@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use powerstrip_adapter::net::BindOptions;
 use powerstrip_config::{AdapterKind, Config, ConfigErrors};
 use powerstrip_core::{
     Address, Builtins, ChainOptions, Chains, Limits, Listener, Proxy, ServerOptions, Upstream,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// Exit status for a configuration or usage error (EX_USAGE).
@@ -37,7 +39,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the proxy in the foreground until SIGTERM or SIGINT.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate a configuration file and print each endpoint with its resolved chains.
     ///
     /// Reads TOML (adapters.toml) or the original Powerstrip YAML (adapters.yml), picked by
@@ -93,9 +95,56 @@ struct ServeArgs {
     #[arg(long, env = "POWERSTRIP_MAX_HOOK_BODY", default_value_t = powerstrip_core::proxy::DEFAULT_MAX_HOOK_BODY)]
     max_hook_body: usize,
 
-    /// How long requests in flight may take to finish after SIGTERM, e.g. "10s".
+    /// How long requests in flight and attach/exec sessions may take to finish after
+    /// SIGTERM, e.g. "10s".
     #[arg(long, env = "POWERSTRIP_GRACE", default_value = "10s", value_parser = humantime_duration)]
     grace: Duration,
+
+    /// The admin listener: /metrics (Prometheus), /healthz, /readyz; "none" to disable.
+    #[arg(long, env = "POWERSTRIP_ADMIN", default_value = "tcp://127.0.0.1:9380")]
+    admin: String,
+
+    /// Give unix sockets to this group (name or gid), e.g. "docker"; their mode is 0660.
+    #[arg(long, env = "POWERSTRIP_SOCKET_GROUP")]
+    socket_group: Option<String>,
+
+    /// Allow a TCP listener beyond loopback without --tlsverify. Anyone who reaches it
+    /// controls Docker, i.e. is root on this host; a warning is logged at every start.
+    #[arg(long, env = "POWERSTRIP_INSECURE_TCP")]
+    insecure_tcp: bool,
+
+    /// Serve TCP listeners over TLS (with --tlscert and --tlskey).
+    #[arg(long, env = "POWERSTRIP_TLS")]
+    tls: bool,
+
+    /// Serve TCP listeners over TLS and require client certificates signed by --tlscacert
+    /// (Docker's model: `docker --tlsverify -H tcp://host:2376`).
+    #[arg(long, env = "POWERSTRIP_TLSVERIFY")]
+    tlsverify: bool,
+
+    /// The CA that signs client certificates (PEM), with --tlsverify.
+    #[arg(long, env = "POWERSTRIP_TLSCACERT")]
+    tlscacert: Option<PathBuf>,
+
+    /// The server's certificate (PEM).
+    #[arg(long, env = "POWERSTRIP_TLSCERT")]
+    tlscert: Option<PathBuf>,
+
+    /// The server's private key (PEM).
+    #[arg(long, env = "POWERSTRIP_TLSKEY")]
+    tlskey: Option<PathBuf>,
+
+    /// The most client connections served at once per listener; further ones wait.
+    #[arg(long, env = "POWERSTRIP_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+
+    /// The largest request head (request line and headers) in bytes; beyond it, 431.
+    #[arg(long, env = "POWERSTRIP_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+
+    /// How often the configuration file is checked for changes (SIGHUP reloads at once).
+    #[arg(long, env = "POWERSTRIP_CONFIG_POLL", default_value = "1s", value_parser = humantime_duration)]
+    config_poll: Duration,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -126,7 +175,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => {
             init_logging();
-            match serve(args) {
+            match serve(*args) {
                 Ok(code) => code,
                 Err(err) => {
                     eprintln!("powerstrip: {err:#}");
@@ -224,8 +273,77 @@ async fn conformance(url: &str, timeout: Duration) -> ExitCode {
     }
 }
 
+/// Everything `serve` checks before binding anything.
+struct Plan {
+    tls: Option<Arc<powerstrip_adapter::tls::ServerTls>>,
+    group: Option<u32>,
+    admin: Option<Address>,
+}
+
+fn plan(args: &ServeArgs) -> Result<Plan, String> {
+    let tls = if args.tls || args.tlsverify {
+        let (Some(cert), Some(key)) = (&args.tlscert, &args.tlskey) else {
+            return Err("--tls and --tlsverify need --tlscert and --tlskey".into());
+        };
+        let client_ca =
+            if args.tlsverify {
+                Some(args.tlscacert.clone().ok_or(
+                    "--tlsverify needs --tlscacert, the CA that signs client certificates",
+                )?)
+            } else {
+                None
+            };
+        Some(Arc::new(powerstrip_adapter::tls::ServerTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca,
+        }))
+    } else {
+        None
+    };
+    for address in &args.listen {
+        if matches!(address, Address::Tcp { .. })
+            && !address.is_loopback()
+            && !args.tlsverify
+            && !args.insecure_tcp
+        {
+            return Err(format!(
+                "refusing to listen on {address} without --tlsverify: anyone who reaches it controls Docker, \
+                 which is root on this host. Use --tlsverify with certificates, a loopback address, or \
+                 --insecure-tcp if you really mean it"
+            ));
+        }
+    }
+    let group = match &args.socket_group {
+        None => None,
+        Some(group) => Some(match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => nix::unistd::Group::from_name(group)
+                .map_err(|e| format!("--socket-group {group}: {e}"))?
+                .ok_or_else(|| format!("--socket-group {group}: no such group"))?
+                .gid
+                .as_raw(),
+        }),
+    };
+    let admin = match args.admin.as_str() {
+        "none" | "" => None,
+        text => Some(
+            text.parse::<Address>()
+                .map_err(|e| format!("--admin: {e}"))?,
+        ),
+    };
+    Ok(Plan { tls, group, admin })
+}
+
 #[tokio::main]
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let plan = match plan(&args) {
+        Ok(plan) => plan,
+        Err(problem) => {
+            eprintln!("powerstrip: {problem}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
     let options = ChainOptions {
         max_answer: args.max_hook_body,
     };
@@ -246,14 +364,38 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Chains::default()
         }
     };
+    let server_tls = match &plan.tls {
+        Some(files) => match powerstrip_adapter::tls::server_config(files) {
+            Ok(config) => Some(config),
+            Err(err) => {
+                eprintln!("powerstrip: {err}");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+        },
+        None => None,
+    };
 
+    let bind = BindOptions { group: plan.group };
     let mut listeners = Vec::new();
     for address in &args.listen {
-        if !address.is_loopback() {
-            warn!(listen = %address, "listening beyond loopback: anyone who can reach this address controls Docker");
+        let mut listener = Listener::bind_with(address, &bind).await?;
+        if let Some(config) = &server_tls {
+            listener = listener.with_tls(config.clone());
         }
-        listeners.push(Listener::bind(address).await?);
+        if matches!(address, Address::Tcp { .. }) && !address.is_loopback() && !listener.is_tls() {
+            warn!(listen = %address, "INSECURE: TCP without TLS beyond loopback (--insecure-tcp): anyone who can reach this address controls Docker");
+        } else if matches!(address, Address::Tcp { .. })
+            && !address.is_loopback()
+            && !args.tlsverify
+        {
+            warn!(listen = %address, "TLS without --tlsverify: clients are not authenticated; anyone who can reach this address controls Docker");
+        }
+        listeners.push(listener);
     }
+    let admin = match &plan.admin {
+        Some(address) => Some(Listener::bind(address).await?),
+        None => None,
+    };
     let proxy = Arc::new(Proxy::new(
         Upstream::new(&args.docker),
         chains,
@@ -265,14 +407,60 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // The line operators copy into their shell.
         println!("export DOCKER_HOST={}", listener.local_address());
     }
-    powerstrip_core::serve(
-        listeners,
-        proxy,
-        ServerOptions { grace: args.grace },
-        powerstrip_adapter::cli::shutdown_signal(),
-    )
-    .await;
+    if let Some(admin) = &admin {
+        println!(
+            "# metrics: http://{}/metrics",
+            admin_authority(&admin.local_address())
+        );
+    }
+
+    let stop = CancellationToken::new();
+    let watcher = args.config.clone().map(|path| {
+        let builtins = builtins();
+        tokio::spawn(powerstrip_core::reload::watch_config(
+            proxy.clone(),
+            path,
+            args.config_poll,
+            move |file: &Path| Chains::build(&powerstrip_config::load(file)?, &builtins, options),
+        ))
+    });
+    let admin = admin.map(|listener| {
+        tokio::spawn(powerstrip_core::admin::serve_admin(
+            vec![listener],
+            proxy.clone(),
+            stop.clone().cancelled_owned(),
+        ))
+    });
+    let server_options = ServerOptions {
+        grace: args.grace,
+        max_connections: args.max_connections,
+        max_header_bytes: args.max_header_bytes,
+        ..ServerOptions::default()
+    };
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            powerstrip_adapter::cli::shutdown_signal().await;
+            stop.cancel();
+        }
+    };
+    powerstrip_core::serve(listeners, proxy, server_options, shutdown).await;
+    stop.cancel();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `host:port` of a TCP address for a URL (unix admin sockets print their path).
+fn admin_authority(address: &Address) -> String {
+    match address {
+        Address::Tcp { host, port } => Address::tcp_target(host, *port),
+        Address::Unix(path) => path.display().to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -214,7 +214,7 @@ async fn the_second_pre_hook_sees_the_first_ones_request() {
             &json!({"Image": "busybox"}),
         )
         .await;
-    let seen = recorder.calls()[0].client_request().clone();
+    let seen = recorder.calls()[0].client_request().unwrap().clone();
     assert_eq!(seen.request, format!("{CREATE}?name=rewritten"));
     assert_eq!(
         seen.body.as_deref(),
@@ -249,9 +249,9 @@ async fn a_get_with_query_args_is_hooked_and_the_query_ignored_for_matching() {
     assert_eq!(docker.requests()[0].uri, path);
     let calls = recorder.calls();
     assert_eq!(calls.len(), 2, "pre and post");
-    assert_eq!(calls[0].client_request().request, path);
+    assert_eq!(calls[0].client_request().unwrap().request, path);
     assert_eq!(
-        calls[0].client_request().body,
+        calls[0].client_request().unwrap().body,
         None,
         "a GET has a null Body"
     );
@@ -850,7 +850,13 @@ async fn an_adapter_answering_non_json_is_a_502_naming_it() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert!(message.starts_with("powerstrip: adapter \"broken\" failed in pre-hook: invalid answer from http://127.0.0.1:"), "{message}");
+    assert!(
+        message.starts_with(
+            "powerstrip: adapter \"broken\" failed in pre-hook: answered an invalid document: "
+        ),
+        "{message}"
+    );
+    assert!(!message.contains("127.0.0.1"), "the adapter's address stays in the log: {message}");
     assert!(
         message.contains("not a valid PowerstripProtocolVersion 1 document"),
         "{message}"
@@ -927,10 +933,10 @@ async fn an_unreachable_adapter_is_a_502_naming_it() {
     let proxy = TestProxy::start(&docker.address(), &toml).await;
     let r = proxy.client().post_json(CREATE, &json!({})).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
-    assert!(
-        r.message().starts_with(&format!("powerstrip: adapter \"gone\" failed in post-hook: cannot reach http://127.0.0.1:{port}/hook: ")),
-        "{}",
-        r.message()
+    // The adapter's address and the OS error go to the log, not to the client.
+    assert_eq!(
+        r.message(),
+        "powerstrip: adapter \"gone\" failed in post-hook: could not be reached"
     );
 }
 
@@ -992,13 +998,9 @@ async fn docker_down_is_a_prompt_502_and_the_proxy_recovers_when_it_is_back() {
         "a dead Docker must fail fast"
     );
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
-    assert!(
-        r.message().starts_with(&format!(
-            "powerstrip: cannot reach Docker at unix://{}: ",
-            socket.display()
-        )),
-        "{}",
-        r.message()
+    assert_eq!(
+        r.message(),
+        format!("powerstrip: cannot reach Docker at unix://{}", socket.display())
     );
 
     let _docker = FakeDocker::builder()

@@ -62,6 +62,7 @@ pub fn require_docker() -> bool {
 /// The `powerstrip` binary under test, run as its own process.
 pub struct ProxyProcess {
     child: Child,
+    admin: String,
     socket: PathBuf,
     log: PathBuf,
     dir: TempDir,
@@ -83,23 +84,54 @@ impl ProxyProcess {
         command
             .args(["serve", "--listen", &format!("unix://{}", socket.display())])
             .args(["--docker", &format!("unix://{DOCKER_SOCKET}")])
+            .args(["--admin", "tcp://127.0.0.1:0"])
             .env("RUST_LOG", filter)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap());
         if let Some(text) = config {
             let file = dir.path().join("adapters.toml");
             std::fs::write(&file, text).unwrap();
             command.arg("--config").arg(file);
         }
-        let child = command.spawn().unwrap();
+        let mut child = command.spawn().unwrap();
+        // The last line it prints names the admin listener.
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        let admin = loop {
+            match lines.next() {
+                Some(Ok(line)) => match line.strip_prefix("# metrics: ") {
+                    Some(url) => break url.trim_end_matches("/metrics").to_owned(),
+                    None => continue,
+                },
+                _ => panic!(
+                    "powerstrip did not start:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ),
+            }
+        };
         let proxy = ProxyProcess {
             child,
+            admin,
             socket,
             log,
             dir,
         };
         proxy.wait_ready();
         proxy
+    }
+
+    /// The admin listener's base URL, `http://127.0.0.1:PORT`.
+    pub fn admin_url(&self) -> &str {
+        &self.admin
+    }
+
+    /// Sends a signal (`HUP`, `TERM`) to the proxy.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     fn wait_ready(&self) {

@@ -20,6 +20,8 @@
 //!   the `powerstrip` binary can link it (`builtin = "..."`) and [`cli`] can serve it.
 //! - [`serve`]: the HTTP server for an adapter ([`serve::serve`], [`serve::answer`]).
 //! - [`cli`]: a ready-made `main` for an adapter binary (`--listen`, `--set`, `--log`).
+//! - [`tls`]: rustls configurations in Docker's model (server identity, client
+//!   certificates required with `--tlsverify`; clients for `https://` adapters).
 //! - [`net`]: addresses (`unix:///path`, `tcp://host:port`), listeners and the HTTP/1.1
 //!   server loop the proxy shares.
 //!
@@ -66,10 +68,11 @@ pub mod docker;
 pub mod net;
 pub mod path;
 pub mod serve;
+pub mod tls;
 
 pub use async_trait::async_trait;
 pub use http::StatusCode;
-pub use powerstrip_protocol::{ClientRequest, ServerResponse};
+pub use powerstrip_protocol::{ClientRequest, DockerEvent, ServerResponse};
 
 /// One adapter: a pre-hook and a post-hook, each defaulting to "pass through unchanged".
 ///
@@ -97,6 +100,25 @@ pub trait Adapter: Send + Sync + 'static {
         let _ = request;
         Ok(response)
     }
+
+    /// Runs when a request this adapter pre-hooked did not take effect: a later pre-hook
+    /// refused it, Docker could not be reached, or Docker answered with an error. Release
+    /// here what the pre-hook allocated (an IP address, a dataset lease). `request` is the
+    /// request as the chain left it (the one Docker received, when Docker failed); `reason`
+    /// says what happened. Best effort: an error is logged, and the client's answer is the
+    /// original failure either way.
+    async fn unwind(&self, request: &ClientRequest, reason: &str) -> Result<(), HookError> {
+        let _ = (request, reason);
+        Ok(())
+    }
+
+    /// Receives a Docker event this adapter subscribed to (`events = ["die", "destroy"]`
+    /// in its configuration): how an adapter cleans up after a container that died or was
+    /// removed without any API call through the proxy. Delivered in order, one at a time.
+    async fn event(&self, event: &DockerEvent) -> Result<(), HookError> {
+        let _ = event;
+        Ok(())
+    }
 }
 
 /// Why a hook did not return a request or response.
@@ -115,6 +137,9 @@ pub struct HookError {
     /// Whether the adapter decided (refusal) or broke (failure); failure policies apply
     /// only to failures.
     kind: HookErrorKind,
+    /// What only the operator should see (addresses, OS errors): logged, never sent to
+    /// the client.
+    detail: Option<String>,
 }
 
 /// Whether a [`HookError`] is the adapter's decision or its malfunction.
@@ -136,6 +161,7 @@ impl HookError {
             status,
             message: message.into(),
             kind: HookErrorKind::Refused,
+            detail: None,
         }
     }
 
@@ -156,6 +182,7 @@ impl HookError {
             status: StatusCode::BAD_GATEWAY,
             message: message.into(),
             kind: HookErrorKind::Failed,
+            detail: None,
         }
     }
 
@@ -165,6 +192,7 @@ impl HookError {
             status: StatusCode::GATEWAY_TIMEOUT,
             message: message.into(),
             kind: HookErrorKind::TimedOut,
+            detail: None,
         }
     }
 
@@ -173,6 +201,18 @@ impl HookError {
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
+    }
+
+    /// The same error with details for the operator's log only (the client sees the
+    /// message alone).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Details for the log, if any.
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
     }
 
     /// The status the client receives.

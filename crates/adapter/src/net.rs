@@ -15,6 +15,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -22,7 +23,8 @@ use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -123,7 +125,6 @@ impl fmt::Display for Address {
 pub const SOCKET_MODE: u32 = 0o660;
 
 /// A bound listening socket.
-#[derive(Debug)]
 pub enum Listener {
     /// A unix socket; its file is removed when the server stops.
     Unix {
@@ -132,8 +133,29 @@ pub enum Listener {
         /// Its path.
         path: PathBuf,
     },
-    /// A TCP socket.
-    Tcp(TcpListener),
+    /// A TCP socket, speaking TLS when it has a configuration.
+    Tcp {
+        /// The listening socket.
+        listener: TcpListener,
+        /// TLS for every connection, if set.
+        tls: Option<TlsAcceptor>,
+    },
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("address", &self.local_address().to_string())
+            .field("tls", &self.is_tls())
+            .finish()
+    }
+}
+
+/// How unix sockets are created.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BindOptions {
+    /// The group that owns the socket file (the `docker` group convention), if any.
+    pub group: Option<u32>,
 }
 
 /// Why a listener could not be bound.
@@ -159,6 +181,15 @@ impl Listener {
     /// Binds `address`. A unix socket file left behind by a crashed process is replaced;
     /// one that a live server answers on is not.
     pub async fn bind(address: &Address) -> Result<Listener, BindError> {
+        Self::bind_with(address, &BindOptions::default()).await
+    }
+
+    /// Binds `address` as [`Listener::bind`] does, giving a unix socket file to
+    /// `options.group`.
+    pub async fn bind_with(
+        address: &Address,
+        options: &BindOptions,
+    ) -> Result<Listener, BindError> {
         let io_err = |source| BindError::Io {
             address: address.to_string(),
             source,
@@ -180,6 +211,9 @@ impl Listener {
                 let listener = UnixListener::bind(path).map_err(io_err)?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
                     .map_err(io_err)?;
+                if let Some(gid) = options.group {
+                    std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
+                }
                 Ok(Listener::Unix {
                     listener,
                     path: path.clone(),
@@ -189,16 +223,35 @@ impl Listener {
                 let listener = TcpListener::bind(Address::tcp_target(host, *port))
                     .await
                     .map_err(io_err)?;
-                Ok(Listener::Tcp(listener))
+                Ok(Listener::Tcp {
+                    listener,
+                    tls: None,
+                })
             }
         }
+    }
+
+    /// Makes a TCP listener speak TLS; a unix listener is returned unchanged.
+    pub fn with_tls(self, config: Arc<rustls::ServerConfig>) -> Listener {
+        match self {
+            Listener::Tcp { listener, .. } => Listener::Tcp {
+                listener,
+                tls: Some(TlsAcceptor::from(config)),
+            },
+            unix => unix,
+        }
+    }
+
+    /// True for a TCP listener that speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Listener::Tcp { tls: Some(_), .. })
     }
 
     /// The address clients reach this listener at (with the real port for `tcp://...:0`).
     pub fn local_address(&self) -> Address {
         match self {
             Listener::Unix { path, .. } => Address::Unix(path.clone()),
-            Listener::Tcp(listener) => match listener.local_addr() {
+            Listener::Tcp { listener, .. } => match listener.local_addr() {
                 Ok(addr) => Address::Tcp {
                     host: addr.ip().to_string(),
                     port: addr.port(),
@@ -217,12 +270,26 @@ impl Listener {
 pub struct ServerOptions {
     /// How long in-flight requests may take to finish after shutdown begins.
     pub grace: Duration,
+    /// The most connections served at once (per listener); beyond it, new connections
+    /// wait in the kernel's accept queue. `None`: no limit.
+    pub max_connections: Option<usize>,
+    /// The largest request head (request line and headers) read; a bigger one gets
+    /// `431`. At least 8192.
+    pub max_header_bytes: usize,
+    /// How long a TLS handshake may take.
+    pub tls_handshake_timeout: Duration,
 }
+
+/// hyper's default read buffer, which bounds a request head.
+const DEFAULT_MAX_HEADER_BYTES: usize = 400 * 1024;
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             grace: Duration::from_secs(10),
+            max_connections: None,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -258,6 +325,7 @@ pub async fn serve_http<S, B>(
         tracker.spawn(accept_loop(
             listener,
             service.clone(),
+            options,
             tracker.clone(),
             stop_rx.clone(),
         ));
@@ -288,6 +356,7 @@ fn remove_socket(path: &Path) {
 async fn accept_loop<S, B>(
     listener: Listener,
     service: S,
+    options: ServerOptions,
     tracker: TaskTracker,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -302,7 +371,16 @@ async fn accept_loop<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    let limit = options.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     loop {
+        // At the limit, stop accepting until a connection ends.
+        let permit = match &limit {
+            Some(limit) => tokio::select! {
+                _ = stop.changed() => return,
+                permit = limit.clone().acquire_owned() => permit.ok(),
+            },
+            None => None,
+        };
         let accepted = tokio::select! {
             _ = stop.changed() => return,
             accepted = listener.accept() => accepted,
@@ -310,7 +388,29 @@ async fn accept_loop<S, B>(
         match accepted {
             Ok((io, peer)) => {
                 let span = info_span!("conn", peer = %peer);
-                tracker.spawn(serve_connection(io, service.clone(), stop.clone()).instrument(span));
+                let tls = listener.tls().cloned();
+                let (service, stop) = (service.clone(), stop.clone());
+                tracker.spawn(
+                    async move {
+                        let _permit = permit;
+                        match tls {
+                            None => serve_connection(io, service, options, stop).await,
+                            Some(tls) => match tokio::time::timeout(
+                                options.tls_handshake_timeout,
+                                tls.accept(io),
+                            )
+                            .await
+                            {
+                                Ok(Ok(io)) => {
+                                    serve_connection(Box::new(io), service, options, stop).await
+                                }
+                                Ok(Err(err)) => debug!(error = %err, "TLS handshake failed"),
+                                Err(_) => debug!("TLS handshake timed out"),
+                            },
+                        }
+                    }
+                    .instrument(span),
+                );
             }
             Err(err) => {
                 // Out of file descriptors and the like: wait rather than spin.
@@ -327,13 +427,20 @@ trait AsyncIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> AsyncIo for T {}
 
 impl Listener {
+    fn tls(&self) -> Option<&TlsAcceptor> {
+        match self {
+            Listener::Tcp { tls, .. } => tls.as_ref(),
+            Listener::Unix { .. } => None,
+        }
+    }
+
     async fn accept(&self) -> io::Result<(Conn, String)> {
         match self {
             Listener::Unix { listener, .. } => {
                 let (stream, _) = listener.accept().await?;
                 Ok((Box::new(stream), "unix".to_owned()))
             }
-            Listener::Tcp(listener) => {
+            Listener::Tcp { listener, .. } => {
                 let (stream, peer) = listener.accept().await?;
                 stream.set_nodelay(true)?;
                 Ok((Box::new(stream), peer.to_string()))
@@ -342,8 +449,12 @@ impl Listener {
     }
 }
 
-async fn serve_connection<S, B>(io: Conn, service: S, mut stop: watch::Receiver<bool>)
-where
+async fn serve_connection<S, B>(
+    io: Conn,
+    service: S,
+    options: ServerOptions,
+    mut stop: watch::Receiver<bool>,
+) where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -352,6 +463,7 @@ where
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     let conn = http1::Builder::new()
+        .max_buf_size(options.max_header_bytes.max(8192))
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);

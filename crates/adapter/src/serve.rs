@@ -140,6 +140,14 @@ pub async fn answer(adapter: &dyn Adapter, call: &[u8]) -> (StatusCode, Vec<u8>)
             .post_hook(&client_request, server_response)
             .await
             .map(|response| encode_post_answer(&response)),
+        HookCall::Unwind {
+            client_request,
+            reason,
+        } => adapter
+            .unwind(&client_request, &reason)
+            .await
+            .map(|()| acknowledgement()),
+        HookCall::Event { event } => adapter.event(&event).await.map(|()| acknowledgement()),
         _ => Err(HookError::bad_request(format!(
             "unsupported hook type {hook}"
         ))),
@@ -159,6 +167,15 @@ fn log_refusal(hook: HookType, err: &HookError) {
     } else {
         warn!(%hook, status = err.status().as_u16(), message = err.message(), "failed");
     }
+}
+
+/// The answer to calls whose answer carries nothing (unwind, event).
+fn acknowledgement() -> Vec<u8> {
+    format!(
+        r#"{{"PowerstripProtocolVersion":{}}}"#,
+        powerstrip_protocol::PROTOCOL_VERSION
+    )
+    .into_bytes()
 }
 
 fn message(text: &str) -> Vec<u8> {

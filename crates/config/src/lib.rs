@@ -46,7 +46,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use model::{AdapterDef, AdapterKind, Config, Endpoint, FailurePolicy};
+pub use model::{AdapterDef, AdapterKind, Config, Endpoint, EventFilter, FailurePolicy};
 pub use pattern::{Pattern, PatternError};
 pub use url::AdapterUrl;
 

@@ -1,6 +1,7 @@
 //! The validated model: what the proxy runs from.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::pattern::{Pattern, Request};
@@ -92,8 +93,75 @@ pub struct AdapterDef {
     pub timeout: Duration,
     /// What a failed call does to the request.
     pub failure: FailurePolicy,
+    /// For an HTTP adapter: whether it receives `unwind` calls (an extension the original
+    /// protocol lacks, so off unless the operator says the adapter understands it).
+    /// In-process adapters always receive them.
+    pub unwind: bool,
+    /// Docker events delivered to the adapter: `die`, `destroy` (container actions) or
+    /// `type:action` (`network:connect`); empty means none.
+    pub events: Vec<EventFilter>,
+    /// For an `https://` adapter: the CA certificate (PEM) that signs its certificate,
+    /// instead of the system's roots.
+    pub ca: Option<PathBuf>,
     /// Line of its name in the file, for logs.
     pub line: usize,
+}
+
+/// One entry of an adapter's `events` list: which Docker events it receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventFilter {
+    /// The event's `Type` (`container`, `network`, ...).
+    pub kind: String,
+    /// The event's `Action` (`die`, `destroy`, `connect`, ...), or `*` for any.
+    pub action: String,
+}
+
+impl EventFilter {
+    /// The Docker object types that have events.
+    pub const KINDS: [&'static str; 10] = [
+        "container",
+        "image",
+        "volume",
+        "network",
+        "daemon",
+        "plugin",
+        "service",
+        "node",
+        "secret",
+        "config",
+    ];
+
+    /// Parses `action` (a container action) or `type:action`; `*` is any action.
+    pub fn parse(text: &str) -> Result<EventFilter, String> {
+        let (kind, action) = text.split_once(':').unwrap_or(("container", text));
+        if !Self::KINDS.contains(&kind) {
+            return Err(format!(
+                "unknown event type {kind:?} (expected one of {})",
+                Self::KINDS.join(", ")
+            ));
+        }
+        if action.is_empty() || action.contains(char::is_whitespace) {
+            return Err(format!("bad event action {action:?}"));
+        }
+        Ok(EventFilter {
+            kind: kind.to_owned(),
+            action: action.to_owned(),
+        })
+    }
+
+    /// True when an event of this type and action matches. Docker reports some actions
+    /// with details after a colon (`exec_start: sh -c ...`, `health_status: healthy`);
+    /// the filter matches the part before it.
+    pub fn matches(&self, kind: &str, action: &str) -> bool {
+        let action = action.split(':').next().unwrap_or(action).trim();
+        self.kind == kind && (self.action == "*" || self.action == action)
+    }
+}
+
+impl fmt::Display for EventFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.action)
+    }
 }
 
 /// How an adapter is reached.

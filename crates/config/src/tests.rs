@@ -342,13 +342,13 @@ fn unknown_keys_say_where_they_were_found() {
     assert_eq!(
         toml_errors("[adapters]\nweave = { url = \"http://weave/\", retries = 3 }\n"),
         [
-            r#"adapters.toml:2: unknown key "retries" in adapter "weave" (expected url, timeout, failure)"#
+            r#"adapters.toml:2: unknown key "retries" in adapter "weave" (expected url, timeout, failure, unwind, events, ca)"#
         ]
     );
     assert_eq!(
         yaml_errors("adapters:\n  weave:\n    url: http://weave/\n    retries: 3\n"),
         [
-            r#"adapters.yml:4: unknown key "retries" in adapter "weave" (expected url, timeout, failure)"#
+            r#"adapters.yml:4: unknown key "retries" in adapter "weave" (expected url, timeout, failure, unwind, events, ca)"#
         ]
     );
 }
@@ -657,5 +657,70 @@ fn load_reads_a_file_and_names_it() {
             .to_string()
             .starts_with(&format!("{}: cannot read: ", missing.display())),
         "{errors}"
+    );
+}
+
+#[test]
+fn unwind_events_and_ca_settings() {
+    let config = parse(
+        r#"
+[adapters]
+ipam = { url = "http://127.0.0.1:9000/", unwind = true, events = ["die", "destroy", "network:connect", "container:*"] }
+plain = "http://127.0.0.1:9001/"
+secure = { url = "https://adapters.local:9443/hook", ca = "/etc/powerstrip/ca.pem" }
+local = { builtin = "logger", events = ["die"], bodies = true }
+"#,
+        "adapters.toml",
+        Format::Toml,
+    )
+    .unwrap();
+    let ipam = config.adapter("ipam").unwrap();
+    assert!(ipam.unwind);
+    let events: Vec<String> = ipam.events.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        events,
+        [
+            "container:die",
+            "container:destroy",
+            "network:connect",
+            "container:*"
+        ]
+    );
+    assert!(ipam.events[3].matches("container", "exec_start: sh -c true"));
+    assert!(ipam.events[0].matches("container", "die"));
+    assert!(!ipam.events[0].matches("network", "die"));
+    let plain = config.adapter("plain").unwrap();
+    assert!(!plain.unwind && plain.events.is_empty() && plain.ca.is_none());
+    assert_eq!(
+        config.adapter("secure").unwrap().ca.as_deref(),
+        Some(std::path::Path::new("/etc/powerstrip/ca.pem"))
+    );
+    let local = config.adapter("local").unwrap();
+    assert_eq!(local.events.len(), 1);
+    match &local.kind {
+        AdapterKind::Builtin { options, .. } => {
+            assert_eq!(
+                options.keys().collect::<Vec<_>>(),
+                ["bodies"],
+                "events is not an option"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_unwind_events_and_ca_settings_are_named() {
+    assert_eq!(
+        toml_errors(
+            "[adapters]\na = { url = \"http://x/\", unwind = \"yes\" }\nb = { url = \"http://x/\", events = \"die\" }\nc = { url = \"http://x/\", events = [\"explode:now\", \"\"] }\nd = { url = \"http://x/\", ca = \"/ca.pem\" }\n"
+        ),
+        [
+            "adapters.toml:2: adapter \"a\": unwind must be true or false, not \"yes\"",
+            "adapters.toml:3: adapter \"b\": events must be a list such as [\"die\", \"destroy\"], not \"die\"",
+            "adapters.toml:4: adapter \"c\": events: unknown event type \"explode\" (expected one of container, image, volume, network, daemon, plugin, service, node, secret, config)",
+            "adapters.toml:4: adapter \"c\": events: bad event action \"\"",
+            "adapters.toml:5: adapter \"d\": ca applies only to https:// URLs",
+        ]
     );
 }

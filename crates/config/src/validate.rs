@@ -1,10 +1,11 @@
 //! Stage two: the raw tree checked, every problem collected, into the model.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{ConfigError, ConfigErrors};
-use crate::model::{AdapterDef, AdapterKind, Config, Endpoint, FailurePolicy};
+use crate::model::{AdapterDef, AdapterKind, Config, Endpoint, EventFilter, FailurePolicy};
 use crate::pattern::Pattern;
 use crate::raw::{Entry, Node, Value};
 use crate::url::AdapterUrl;
@@ -121,6 +122,9 @@ impl Checker<'_> {
             kind,
             timeout: DEFAULT_ADAPTER_TIMEOUT,
             failure: FailurePolicy::Fail,
+            unwind: false,
+            events: Vec::new(),
+            ca: None,
             line: entry.line,
         };
         if let Some(url) = entry.node.as_str() {
@@ -139,10 +143,13 @@ impl Checker<'_> {
         let kind = match (entry.node.get("url"), entry.node.get("builtin")) {
             (Some(url), None) => {
                 for field in fields {
-                    if !matches!(field.key.as_str(), "url" | "timeout" | "failure") {
+                    if !matches!(
+                        field.key.as_str(),
+                        "url" | "timeout" | "failure" | "unwind" | "events" | "ca"
+                    ) {
                         self.error(
                             field.line,
-                            format!("unknown key {:?} in adapter {name:?} (expected url, timeout, failure)", field.key),
+                            format!("unknown key {:?} in adapter {name:?} (expected url, timeout, failure, unwind, events, ca)", field.key),
                         );
                     }
                 }
@@ -163,7 +170,9 @@ impl Checker<'_> {
             (None, Some(builtin)) => {
                 let options = fields
                     .iter()
-                    .filter(|f| !matches!(f.key.as_str(), "builtin" | "timeout" | "failure"))
+                    .filter(|f| {
+                        !matches!(f.key.as_str(), "builtin" | "timeout" | "failure" | "events")
+                    })
                     .map(|f| (f.key.clone(), f.node.to_json()))
                     .collect();
                 match builtin.node.as_str() {
@@ -200,11 +209,98 @@ impl Checker<'_> {
         };
         let timeout = entry.node.get("timeout").map(|t| self.timeout(name, t));
         let failure = entry.node.get("failure").map(|f| self.failure(name, f));
+        let is_http = matches!(kind, Some(AdapterKind::Http { .. }));
+        let unwind = match entry.node.get("unwind").filter(|_| is_http) {
+            Some(u) => self.flag(name, "unwind", u),
+            None => Some(false),
+        };
+        let events = entry.node.get("events").map(|e| self.events(name, e));
+        let ca = match entry.node.get("ca").filter(|_| is_http) {
+            Some(c) => self.ca(name, c, kind.as_ref()).map(Some),
+            None => Some(None),
+        };
         Some(AdapterDef {
             timeout: timeout.unwrap_or(Some(DEFAULT_ADAPTER_TIMEOUT))?,
             failure: failure.unwrap_or(Some(FailurePolicy::Fail))?,
+            unwind: unwind?,
+            events: events.unwrap_or(Some(Vec::new()))?,
+            ca: ca?,
             ..def(kind?)
         })
+    }
+
+    fn flag(&mut self, name: &str, key: &str, entry: &Entry) -> Option<bool> {
+        match &entry.node.value {
+            Value::Scalar(serde_json::Value::Bool(b)) => Some(*b),
+            _ => {
+                self.error(
+                    entry.line,
+                    format!(
+                        "adapter {name:?}: {key} must be true or false, not {}",
+                        entry.node.describe()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn events(&mut self, name: &str, entry: &Entry) -> Option<Vec<EventFilter>> {
+        let Value::List(items) = &entry.node.value else {
+            self.error(
+                entry.line,
+                format!("adapter {name:?}: events must be a list such as [\"die\", \"destroy\"], not {}", entry.node.describe()),
+            );
+            return None;
+        };
+        let mut filters = Vec::new();
+        let mut ok = true;
+        for item in items {
+            match item.as_str().map(EventFilter::parse) {
+                Some(Ok(filter)) => filters.push(filter),
+                Some(Err(reason)) => {
+                    ok = false;
+                    self.error(item.line, format!("adapter {name:?}: events: {reason}"));
+                }
+                None => {
+                    ok = false;
+                    self.error(
+                        item.line,
+                        format!(
+                            "adapter {name:?}: events must be strings, not {}",
+                            item.describe()
+                        ),
+                    );
+                }
+            }
+        }
+        ok.then_some(filters)
+    }
+
+    fn ca(&mut self, name: &str, entry: &Entry, kind: Option<&AdapterKind>) -> Option<PathBuf> {
+        let Some(path) = entry.node.as_str() else {
+            self.error(
+                entry.line,
+                format!(
+                    "adapter {name:?}: ca must be a path to a PEM file, not {}",
+                    entry.node.describe()
+                ),
+            );
+            return None;
+        };
+        if !matches!(
+            kind,
+            Some(AdapterKind::Http {
+                url: AdapterUrl::Tcp { https: true, .. }
+            })
+        ) {
+            self.error(
+                entry.line,
+                format!("adapter {name:?}: ca applies only to https:// URLs"),
+            );
+            return None;
+        }
+        Some(PathBuf::from(path))
     }
 
     fn url(&mut self, name: &str, node: &Node, text: &str) -> Option<AdapterKind> {

@@ -7,13 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use powerstrip_adapter::builtin::Builtin;
-use powerstrip_adapter::{Adapter, ClientRequest, HookError, ServerResponse};
-use powerstrip_config::{AdapterKind, Config, ConfigError, ConfigErrors, FailurePolicy, Pattern};
+use powerstrip_adapter::{Adapter, ClientRequest, HookError, HookErrorKind, ServerResponse};
+use powerstrip_config::{
+    AdapterKind, Config, ConfigError, ConfigErrors, EventFilter, FailurePolicy, Pattern,
+};
 use powerstrip_protocol::HookType;
 use tracing::{info, warn};
 
 use crate::error::{ProxyError, humanize};
 use crate::http_adapter::HttpAdapter;
+use crate::metrics::{HookLabels, HookOutcomeLabels, Metrics};
 
 /// The in-process adapters a binary links, by the name configs use in `builtin = "..."`.
 /// The proxy knows no adapter by name: whoever embeds it registers them here.
@@ -55,12 +58,36 @@ pub struct Hook {
     timeout: Duration,
     /// What a failure (not a refusal) does to the request.
     failure: FailurePolicy,
+    /// Whether it is told when a request it pre-hooked did not take effect.
+    unwind: bool,
+    /// The Docker events it receives.
+    events: Vec<EventFilter>,
 }
 
 impl Hook {
     /// The adapter's configured name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether this adapter is told when a request it pre-hooked did not take effect.
+    pub fn unwinds(&self) -> bool {
+        self.unwind
+    }
+
+    /// The Docker events this adapter subscribed to.
+    pub fn events(&self) -> &[EventFilter] {
+        &self.events
+    }
+
+    /// True when this adapter wants events of this type and action.
+    pub fn wants_event(&self, kind: &str, action: &str) -> bool {
+        self.events.iter().any(|f| f.matches(kind, action))
+    }
+
+    /// Hands one Docker event to the adapter, within its timeout.
+    pub async fn deliver(&self, event: &powerstrip_adapter::DockerEvent) -> Result<(), HookError> {
+        call(self, self.adapter.event(event)).await
     }
 }
 
@@ -86,6 +113,8 @@ struct Route {
 #[derive(Debug, Default)]
 pub struct Chains {
     routes: Vec<Route>,
+    /// Adapters that subscribed to Docker events, whether or not an endpoint uses them.
+    subscribers: Vec<Arc<Hook>>,
 }
 
 /// Limits that apply while building chains.
@@ -131,13 +160,15 @@ impl Chains {
                 message,
             };
             let adapter: Arc<dyn Adapter> = match &def.kind {
-                AdapterKind::Http { url } => match HttpAdapter::new(url, options.max_answer) {
-                    Ok(adapter) => Arc::new(adapter),
-                    Err(e) => {
-                        errors.push(error(format!("adapter {:?}: {e}", def.name)));
-                        continue;
+                AdapterKind::Http { url } => {
+                    match HttpAdapter::new(url, def.ca.as_deref(), options.max_answer) {
+                        Ok(adapter) => Arc::new(adapter),
+                        Err(e) => {
+                            errors.push(error(format!("adapter {:?}: {e}", def.name)));
+                            continue;
+                        }
                     }
-                },
+                }
                 AdapterKind::Builtin { builtin, options } => {
                     let Some(factory) = builtins.builtins.get(builtin) else {
                         let known: Vec<&str> = builtins.names().collect();
@@ -161,6 +192,11 @@ impl Chains {
                     }
                 }
             };
+            let unwind = match &def.kind {
+                AdapterKind::Http { .. } => def.unwind,
+                // In-process adapters always get unwinds; the trait's default ignores them.
+                AdapterKind::Builtin { .. } => true,
+            };
             hooks.insert(
                 &def.name,
                 Arc::new(Hook {
@@ -168,6 +204,8 @@ impl Chains {
                     adapter,
                     timeout: def.timeout,
                     failure: def.failure,
+                    unwind,
+                    events: def.events.clone(),
                 }),
             );
         }
@@ -190,7 +228,22 @@ impl Chains {
                 post: resolve(&e.post),
             })
             .collect();
-        Ok(Chains { routes })
+        let subscribers = config
+            .adapters
+            .iter()
+            .filter_map(|def| hooks.get(def.name.as_str()))
+            .filter(|hook| !hook.events.is_empty())
+            .cloned()
+            .collect();
+        Ok(Chains {
+            routes,
+            subscribers,
+        })
+    }
+
+    /// The adapters that subscribed to Docker events.
+    pub fn subscribers(&self) -> &[Arc<Hook>] {
+        &self.subscribers
     }
 
     /// True when no endpoint is configured: every request passes straight through.
@@ -213,24 +266,40 @@ impl Chains {
 }
 
 /// Runs the pre-hooks in order; each receives the previous one's request. Refusals and
-/// failures (after the failure policy) end the chain as a [`ProxyError`].
+/// failures (after the failure policy) end the chain as a [`ProxyError`], and the hooks
+/// that had already run are unwound (see [`unwind`]).
 pub async fn run_pre(
     hooks: &[&Hook],
     mut request: ClientRequest,
+    metrics: &Metrics,
 ) -> Result<ClientRequest, ProxyError> {
     // Every adapter must leave these as the client sent them.
     let method = request.method.clone();
     let path = request.path().to_owned();
-    for hook in hooks {
+    for (i, hook) in hooks.iter().enumerate() {
         let started = Instant::now();
-        let fallback = (hook.failure == FailurePolicy::Ignore).then(|| request.clone());
-        let outcome = tokio::time::timeout(hook.timeout, hook.adapter.pre_hook(request)).await;
-        let result = match outcome {
-            Err(_) => Err(timeout_error(hook)),
-            Ok(Err(error)) => Err(error),
-            Ok(Ok(modified)) => check_rewrite(&method, &path, &modified).map(|()| modified),
+        // The request before this hook: what unwinds receive if the chain stops here,
+        // and what an ignored failure passes on.
+        let unwinding = hooks[..i].iter().any(|h| h.unwind);
+        let before = (unwinding || hook.failure == FailurePolicy::Ignore).then(|| request.clone());
+        let fallback = if hook.failure == FailurePolicy::Ignore {
+            before.clone()
+        } else {
+            None
         };
-        request = finish(hook, HookType::PreHook, started, result, fallback)?;
+        let result = call(hook, hook.adapter.pre_hook(request))
+            .await
+            .and_then(|modified| check_rewrite(&method, &path, &modified).map(|()| modified));
+        match finish(hook, HookType::PreHook, started, result, fallback, metrics) {
+            Ok(modified) => request = modified,
+            Err(error) => {
+                if let Some(before) = before.filter(|_| unwinding) {
+                    let reason = format!("adapter {:?} {}", hook.name, error.summary());
+                    unwind(&hooks[..i], &before, &reason, metrics).await;
+                }
+                return Err(error);
+            }
+        }
     }
     Ok(request)
 }
@@ -240,35 +309,107 @@ pub async fn run_post(
     hooks: &[&Hook],
     request: &ClientRequest,
     mut response: ServerResponse,
+    metrics: &Metrics,
 ) -> Result<ServerResponse, ProxyError> {
     for hook in hooks {
         let started = Instant::now();
         let fallback = (hook.failure == FailurePolicy::Ignore).then(|| response.clone());
-        let outcome =
-            tokio::time::timeout(hook.timeout, hook.adapter.post_hook(request, response)).await;
-        let result = match outcome {
-            Err(_) => Err(timeout_error(hook)),
-            Ok(Err(error)) => Err(error),
-            Ok(Ok(modified)) => check_response(&modified).map(|()| modified),
-        };
-        response = finish(hook, HookType::PostHook, started, result, fallback)?;
+        let result = call(hook, hook.adapter.post_hook(request, response))
+            .await
+            .and_then(|modified| check_response(&modified).map(|()| modified));
+        response = finish(hook, HookType::PostHook, started, result, fallback, metrics)?;
     }
     Ok(response)
 }
 
-fn timeout_error(hook: &Hook) -> HookError {
-    HookError::timed_out(format!("no answer within {}", humanize(hook.timeout)))
+/// Tells the hooks that want it, last first, that `request` did not take effect. Best
+/// effort: each call is bounded by its adapter's timeout; failures are logged and counted.
+pub async fn unwind(hooks: &[&Hook], request: &ClientRequest, reason: &str, metrics: &Metrics) {
+    for hook in hooks.iter().rev().filter(|h| h.unwind) {
+        let started = Instant::now();
+        let result = call(hook, hook.adapter.unwind(request, reason)).await;
+        observe(hook, HookType::Unwind, started, metrics);
+        match result {
+            Ok(()) => info!(adapter = %hook.name, hook = "unwind", reason, outcome = "ok", "hook"),
+            Err(error) => {
+                count_error(hook, HookType::Unwind, outcome_of(&error), metrics);
+                warn!(adapter = %hook.name, hook = "unwind", reason, error = error.message(),
+                    detail = error.detail(), "unwind failed");
+            }
+        }
+    }
 }
 
-/// Logs one hook call and applies the failure policy: a failure of an adapter whose
-/// policy is `ignore` yields the input unchanged; anything else ends the chain.
+/// Calls an adapter within its timeout; a panic in an in-process adapter is its failure,
+/// not the proxy's.
+pub(crate) async fn call<T>(
+    hook: &Hook,
+    future: impl std::future::Future<Output = Result<T, HookError>>,
+) -> Result<T, HookError> {
+    use futures_util::FutureExt as _;
+    match tokio::time::timeout(
+        hook.timeout,
+        std::panic::AssertUnwindSafe(future).catch_unwind(),
+    )
+    .await
+    {
+        Err(_) => Err(HookError::timed_out(format!(
+            "no answer within {}",
+            humanize(hook.timeout)
+        ))),
+        Ok(Err(panic)) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(HookError::failed("internal error")
+                .with_detail(format!("the adapter panicked: {what}")))
+        }
+        Ok(Ok(result)) => result,
+    }
+}
+
+fn outcome_of(error: &HookError) -> &'static str {
+    match error.kind() {
+        HookErrorKind::Refused => "refused",
+        HookErrorKind::TimedOut => "timeout",
+        _ => "failed",
+    }
+}
+
+fn observe(hook: &Hook, kind: HookType, started: Instant, metrics: &Metrics) {
+    metrics
+        .hook_duration
+        .get_or_create(&HookLabels {
+            adapter: hook.name.to_string(),
+            hook: kind.as_str(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+}
+
+pub(crate) fn count_error(hook: &Hook, kind: HookType, outcome: &'static str, metrics: &Metrics) {
+    metrics
+        .hook_errors
+        .get_or_create(&HookOutcomeLabels {
+            adapter: hook.name.to_string(),
+            hook: kind.as_str(),
+            outcome,
+        })
+        .inc();
+}
+
+/// Logs and counts one hook call and applies the failure policy: a failure of an adapter
+/// whose policy is `ignore` yields the input unchanged; anything else ends the chain.
 fn finish<T>(
     hook: &Hook,
     kind: HookType,
     started: Instant,
     result: Result<T, HookError>,
     fallback: Option<T>,
+    metrics: &Metrics,
 ) -> Result<T, ProxyError> {
+    observe(hook, kind, started, metrics);
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     match result {
         Ok(value) => {
@@ -276,22 +417,28 @@ fn finish<T>(
             Ok(value)
         }
         Err(error) if error.is_refusal() => {
+            count_error(hook, kind, "refused", metrics);
             info!(adapter = %hook.name, hook = %kind, elapsed_ms, outcome = "refused",
                 status = error.status().as_u16(), message = error.message(), "hook");
             Err(adapter_error(hook, kind, error))
         }
-        Err(error) => match fallback {
-            Some(unchanged) => {
-                warn!(adapter = %hook.name, hook = %kind, elapsed_ms, outcome = "ignored",
-                    error = error.message(), "hook failed; skipped (failure = \"ignore\")");
-                Ok(unchanged)
+        Err(error) => {
+            count_error(hook, kind, outcome_of(&error), metrics);
+            match fallback {
+                Some(unchanged) => {
+                    count_error(hook, kind, "ignored", metrics);
+                    warn!(adapter = %hook.name, hook = %kind, elapsed_ms, outcome = "ignored",
+                        error = error.message(), detail = error.detail(),
+                        "hook failed; skipped (failure = \"ignore\")");
+                    Ok(unchanged)
+                }
+                None => {
+                    warn!(adapter = %hook.name, hook = %kind, elapsed_ms, outcome = outcome_of(&error),
+                        error = error.message(), detail = error.detail(), "hook");
+                    Err(adapter_error(hook, kind, error))
+                }
             }
-            None => {
-                warn!(adapter = %hook.name, hook = %kind, elapsed_ms, outcome = "failed",
-                    error = error.message(), "hook");
-                Err(adapter_error(hook, kind, error))
-            }
-        },
+        }
     }
 }
 

@@ -13,13 +13,32 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 /// Where a connector connects, whatever the request URI says: requests carry a
 /// placeholder authority so that one pool serves one target.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) enum Target {
     Unix(Arc<PathBuf>),
     Tcp(Arc<str>),
+    /// TCP to `address`, then TLS verifying the certificate for `server_name`.
+    Tls {
+        address: Arc<str>,
+        server_name: ServerName<'static>,
+        connector: TlsConnector,
+    },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(path) => write!(f, "unix://{}", path.display()),
+            Target::Tcp(address) => write!(f, "tcp://{address}"),
+            Target::Tls { address, .. } => write!(f, "tls://{address}"),
+        }
+    }
 }
 
 /// A `tower_service::Service<Uri>` that ignores the URI and connects to its [`Target`].
@@ -34,11 +53,11 @@ impl Connector {
     }
 }
 
-/// A connected stream of either kind.
-#[derive(Debug)]
+/// A connected stream of any kind.
 pub(crate) enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Connection for Stream {
@@ -66,6 +85,15 @@ impl tower_service::Service<Uri> for Connector {
                     stream.set_nodelay(true)?;
                     Stream::Tcp(stream)
                 }
+                Target::Tls {
+                    address,
+                    server_name,
+                    connector,
+                } => {
+                    let stream = TcpStream::connect(&*address).await?;
+                    stream.set_nodelay(true)?;
+                    Stream::Tls(Box::new(connector.connect(server_name, stream).await?))
+                }
             };
             Ok(TokioIo::new(stream))
         })
@@ -81,6 +109,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -94,6 +123,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -105,6 +135,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -112,6 +143,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Unix(s) => s.is_write_vectored(),
             Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 
@@ -119,6 +151,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -126,6 +159,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -84,7 +84,25 @@ impl ProxyError {
                 "powerstrip: adapter {adapter:?} failed in {hook}: {}",
                 error.message()
             ),
+            ProxyError::DockerUnreachable { address, .. } => {
+                format!("powerstrip: cannot reach Docker at {address}")
+            }
+            ProxyError::DockerBody(_) => "powerstrip: error reading Docker's response".to_owned(),
             other => format!("powerstrip: {other}"),
+        }
+    }
+
+    /// A short account for logs and unwind reasons: `refused: <message>`,
+    /// `failed in pre-hook: <message>`, or the error itself.
+    pub fn summary(&self) -> String {
+        match self {
+            ProxyError::Adapter { error, .. } if error.is_refusal() => {
+                format!("refused the request: {}", error.message())
+            }
+            ProxyError::Adapter { hook, error, .. } => {
+                format!("failed in {hook}: {}", error.message())
+            }
+            other => other.to_string(),
         }
     }
 
@@ -164,9 +182,14 @@ mod tests {
             reason: "Connection refused (os error 111)".into(),
         };
         assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+        // The address is the operator's configuration; the OS error goes to the log only.
         assert_eq!(
             err.client_message(),
-            "powerstrip: cannot reach Docker at unix:///var/run/docker.sock: Connection refused (os error 111)"
+            "powerstrip: cannot reach Docker at unix:///var/run/docker.sock"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("Connection refused (os error 111)")
         );
     }
 }

@@ -1,5 +1,6 @@
 //! Adapters reached over HTTP: the proxy's side of PowerstripProtocolVersion 1.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -7,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use powerstrip_adapter::{Adapter, ClientRequest, HookError, ServerResponse};
+use powerstrip_adapter::{Adapter, ClientRequest, DockerEvent, HookError, ServerResponse};
 use powerstrip_config::AdapterUrl;
 use powerstrip_protocol::{
     HookCall, ProtocolError, decode_post_answer, decode_pre_answer, encode_call,
@@ -16,6 +17,9 @@ use powerstrip_protocol::{
 use crate::connect::{Connector, Target};
 use crate::error::root_cause;
 use crate::upstream::{placeholder_uri, pooled_client};
+use powerstrip_adapter::tls::client_config;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 /// The longest refusal text passed on to the client from an adapter's non-JSON answer.
 const MAX_MESSAGE_CHARS: usize = 1024;
@@ -43,26 +47,35 @@ pub struct HttpAdapter {
 pub struct HttpAdapterError(String);
 
 impl HttpAdapter {
-    /// A client for the adapter at `url`. `max_answer` bounds the answers it reads.
-    pub fn new(url: &AdapterUrl, max_answer: usize) -> Result<Self, HttpAdapterError> {
+    /// A client for the adapter at `url`. An `https://` adapter's certificate must be
+    /// signed by `ca` (PEM), or by a system root without one. `max_answer` bounds the
+    /// answers it reads.
+    pub fn new(
+        url: &AdapterUrl,
+        ca: Option<&Path>,
+        max_answer: usize,
+    ) -> Result<Self, HttpAdapterError> {
         let (target, path, host) = match url {
-            AdapterUrl::Tcp { https: true, .. } => {
-                return Err(HttpAdapterError(format!(
-                    "https adapters are not supported by this build: {url}"
-                )));
-            }
             AdapterUrl::Tcp {
+                https,
                 host,
                 port,
                 path_and_query,
-                ..
             } => {
                 let authority = powerstrip_adapter::net::Address::tcp_target(host, *port);
-                (
-                    Target::Tcp(authority.clone().into()),
-                    path_and_query.clone(),
-                    authority,
-                )
+                let target = if *https {
+                    let config = client_config(ca).map_err(|e| HttpAdapterError(e.to_string()))?;
+                    let server_name = ServerName::try_from(host.clone())
+                        .map_err(|e| HttpAdapterError(format!("bad adapter URL {url}: {e}")))?;
+                    Target::Tls {
+                        address: authority.clone().into(),
+                        server_name,
+                        connector: TlsConnector::from(config),
+                    }
+                } else {
+                    Target::Tcp(authority.clone().into())
+                };
+                (target, path_and_query.clone(), authority)
             }
             AdapterUrl::Unix { socket } => (
                 Target::Unix(Arc::new(socket.clone())),
@@ -97,14 +110,18 @@ impl HttpAdapter {
             HeaderValue::from_static("application/json"),
         );
         let response = self.client.request(request).await.map_err(|err| {
-            HookError::failed(format!("cannot reach {}: {}", self.url, root_cause(&err)))
+            HookError::failed("could not be reached").with_detail(format!(
+                "cannot reach {}: {}",
+                self.url,
+                root_cause(&err)
+            ))
         })?;
         let status = response.status();
         let body = Limited::new(response.into_body(), self.max_answer)
             .collect()
             .await
             .map_err(|err| {
-                HookError::failed(format!(
+                HookError::failed("broke off its answer").with_detail(format!(
                     "could not read the answer from {}: {}",
                     self.url,
                     root_cause(err.as_ref())
@@ -119,7 +136,8 @@ impl HttpAdapter {
     }
 
     fn invalid(&self, err: ProtocolError) -> HookError {
-        HookError::failed(format!("invalid answer from {}: {err}", self.url))
+        HookError::failed(format!("answered an invalid document: {err}"))
+            .with_detail(format!("from {}", self.url))
     }
 }
 
@@ -171,6 +189,21 @@ impl Adapter for HttpAdapter {
             })
             .await?;
         decode_post_answer(&answer).map_err(|e| self.invalid(e))
+    }
+
+    async fn unwind(&self, request: &ClientRequest, reason: &str) -> Result<(), HookError> {
+        let call = HookCall::Unwind {
+            client_request: request.clone(),
+            reason: reason.to_owned(),
+        };
+        self.call(&call).await.map(drop)
+    }
+
+    async fn event(&self, event: &DockerEvent) -> Result<(), HookError> {
+        let call = HookCall::Event {
+            event: event.clone(),
+        };
+        self.call(&call).await.map(drop)
     }
 }
 

@@ -20,13 +20,17 @@
 //! [`Builtins`] and adapters implement [`powerstrip_adapter::Adapter`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
 mod body;
 pub mod chains;
 mod connect;
 pub mod error;
+pub mod events;
 mod headers;
 pub mod http_adapter;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 mod streaming;
 pub mod upstream;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -25,12 +26,15 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use powerstrip_adapter::{ClientRequest, ServerResponse};
+use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, field, info, info_span, warn};
 
 use crate::body::{ProxyBody, empty, full};
-use crate::chains::{Chains, Matched, run_post, run_pre};
+use crate::chains::{Chains, Hook, Matched, run_post, run_pre, unwind};
 use crate::error::{ProxyError, root_cause};
 use crate::headers::{is_json, is_upgrade, media_type, set_content_length, strip_hop_by_hop};
+use crate::metrics::{Metrics, RequestLabels};
 use crate::streaming::is_streaming_endpoint;
 use crate::upstream::Upstream;
 
@@ -59,12 +63,20 @@ impl Default for Limits {
 pub struct Proxy {
     /// The pooled client to Docker.
     upstream: Upstream,
-    /// The chains, built from the configuration.
-    chains: Chains,
+    /// The chains, built from the configuration; replaced whole on reload, so a request
+    /// runs entirely under the configuration it started with.
+    chains: ArcSwap<Chains>,
+    /// Wakes whoever follows the configuration (the event follower) after a reload.
+    reloaded: Notify,
     /// Bounds on buffering.
     limits: Limits,
     /// Numbers requests for the logs.
     next_id: AtomicU64,
+    /// Upgraded sessions (attach, exec), which outlive their HTTP exchange: shutdown
+    /// waits for them.
+    sessions: TaskTracker,
+    /// What is counted.
+    metrics: Arc<Metrics>,
 }
 
 /// What a request body is, as far as hooks are concerned.
@@ -82,15 +94,50 @@ impl Proxy {
     pub fn new(upstream: Upstream, chains: Chains, limits: Limits) -> Self {
         Proxy {
             upstream,
-            chains,
+            chains: ArcSwap::from_pointee(chains),
+            reloaded: Notify::new(),
             limits,
             next_id: AtomicU64::new(1),
+            sessions: TaskTracker::new(),
+            metrics: Arc::new(Metrics::default()),
         }
     }
 
     /// Docker's address.
     pub fn docker_address(&self) -> &str {
         self.upstream.address()
+    }
+
+    /// The client to Docker.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// The chains requests run now.
+    pub fn chains(&self) -> Arc<Chains> {
+        self.chains.load_full()
+    }
+
+    /// Applies new chains to requests from now on; requests in flight finish under the
+    /// chains they started with.
+    pub fn replace_chains(&self, chains: Chains) {
+        self.chains.store(Arc::new(chains));
+        self.reloaded.notify_waiters();
+    }
+
+    /// Resolves at the next [`Proxy::replace_chains`].
+    pub async fn chains_replaced(&self) {
+        self.reloaded.notified().await;
+    }
+
+    /// What the proxy counts.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The upgraded sessions still open (shutdown waits for them).
+    pub fn sessions(&self) -> &TaskTracker {
+        &self.sessions
     }
 
     /// Answers one request. Never fails: every error becomes a Docker-shaped response.
@@ -105,23 +152,41 @@ impl Proxy {
             status = field::Empty,
         );
         let started = Instant::now();
+        let metrics = &self.metrics;
+        // Counted down on drop, also when the client goes away mid-request.
+        let in_flight = InFlight::enter(&metrics.in_flight);
         async move {
-            let matched = self
-                .chains
-                .matched(request.method().as_str(), request.uri().path());
+            let chains = self.chains.load_full();
+            let matched = chains.matched(request.method().as_str(), request.uri().path());
             let hooked = !matched.is_empty();
+            let patterns = if hooked {
+                matched.patterns.join(", ")
+            } else {
+                "(none)".to_owned()
+            };
             if hooked {
-                Span::current().record("patterns", field::display(matched.patterns.join(", ")));
+                Span::current().record("patterns", field::display(&patterns));
             }
             let response = match self.forward(request, &matched).await {
                 Ok(response) => response,
                 Err(err) => {
+                    if matches!(err, ProxyError::DockerUnreachable { .. }) {
+                        metrics.upstream_connect_errors.inc();
+                    }
                     warn!(error = %err, "request failed");
                     err.into_response()
                 }
             };
             let status = response.status().as_u16();
             Span::current().record("status", status);
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    pattern: patterns,
+                    status,
+                })
+                .inc();
+            drop(in_flight);
             let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
             if hooked {
                 info!(elapsed_ms, "done");
@@ -146,6 +211,8 @@ impl Proxy {
 
         // The request as Docker receives it, kept for the post-hooks.
         let mut docker_request: Option<ClientRequest> = None;
+        // Pre-hooks that ran and want to hear if the request fails.
+        let mut unwinders: &[&Hook] = &[];
         let body: ProxyBody = if matched.is_empty() {
             Either::Left(body)
         } else {
@@ -169,18 +236,25 @@ impl Proxy {
                     let modified = if matched.pre.is_empty() {
                         original
                     } else {
-                        let modified = run_pre(&matched.pre, original).await?;
+                        let modified = run_pre(&matched.pre, original, &self.metrics).await?;
                         apply_request(&mut parts.uri, &mut parts.headers, &modified)?;
+                        if matched.pre.iter().any(|h| h.unwinds()) {
+                            unwinders = &matched.pre;
+                        }
                         modified
                     };
-                    let bytes = match &modified.body {
-                        Some(text) => Bytes::copy_from_slice(text.as_bytes()),
-                        None => Bytes::new(),
+                    // Post-hooks and unwinds need the request as Docker receives it.
+                    let bytes = if matched.post.is_empty() && unwinders.is_empty() {
+                        Bytes::from(modified.body.unwrap_or_default())
+                    } else {
+                        let bytes = modified
+                            .body
+                            .as_deref()
+                            .map(|t| Bytes::copy_from_slice(t.as_bytes()));
+                        docker_request = Some(modified);
+                        bytes.unwrap_or_default()
                     };
                     set_content_length(&mut parts.headers, bytes.len());
-                    if !matched.post.is_empty() {
-                        docker_request = Some(modified);
-                    }
                     full(bytes)
                 }
             }
@@ -189,7 +263,21 @@ impl Proxy {
         // Kept only when post-hooks may need them, to decide whether the answer is a stream.
         let target =
             (!matched.post.is_empty()).then(|| (parts.method.clone(), parts.uri.path().to_owned()));
-        let mut response = self.upstream.send(Request::from_parts(parts, body)).await?;
+        let mut response = match self.upstream.send(Request::from_parts(parts, body)).await {
+            Ok(response) => response,
+            Err(err) => {
+                if let Some(request) = docker_request.as_ref().filter(|_| !unwinders.is_empty()) {
+                    unwind(unwinders, request, &err.summary(), &self.metrics).await;
+                }
+                return Err(err);
+            }
+        };
+        if response.status().as_u16() >= 400
+            && let Some(request) = docker_request.as_ref().filter(|_| !unwinders.is_empty())
+        {
+            let reason = format!("Docker answered {}", response.status());
+            unwind(unwinders, request, &reason, &self.metrics).await;
+        }
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -201,7 +289,16 @@ impl Proxy {
                 debug!("post-hooks skipped: the connection was upgraded");
             }
             let docker_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(splice(client_upgrade, docker_upgrade).instrument(Span::current()));
+            let metrics = self.metrics.clone();
+            self.sessions.spawn(
+                async move {
+                    metrics.sessions.inc();
+                    metrics.sessions_total.inc();
+                    splice(client_upgrade, docker_upgrade).await;
+                    metrics.sessions.dec();
+                }
+                .instrument(Span::current()),
+            );
             let (mut parts, _) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
             return Ok(Response::from_parts(parts, empty()));
@@ -227,7 +324,8 @@ impl Proxy {
             body: self.collect_response(body).await?,
             code: parts.status.as_u16(),
         };
-        let modified = run_post(&matched.post, &post_request, server_response).await?;
+        let modified =
+            run_post(&matched.post, &post_request, server_response, &self.metrics).await?;
         Ok(apply_response(parts, modified))
     }
 
@@ -278,6 +376,22 @@ impl Proxy {
         String::from_utf8(bytes.into())
             .map(Some)
             .map_err(|_| ProxyError::ResponseNotText("its body is not valid UTF-8".into()))
+    }
+}
+
+/// One request in `powerstrip_requests_in_flight`, for as long as it lives.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

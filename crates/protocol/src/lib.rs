@@ -48,6 +48,15 @@ pub enum HookType {
     /// After Docker answered; the adapter may rewrite the response.
     #[serde(rename = "post-hook")]
     PostHook,
+    /// After a request the adapter pre-hooked did not take effect (a later pre-hook
+    /// refused it, or Docker failed): the adapter may release what it allocated. An
+    /// extension of the original protocol, sent only to adapters that opted in.
+    #[serde(rename = "unwind")]
+    Unwind,
+    /// A Docker event the adapter subscribed to. An extension of the original protocol,
+    /// sent only to adapters that subscribed.
+    #[serde(rename = "event")]
+    Event,
 }
 
 impl HookType {
@@ -56,6 +65,8 @@ impl HookType {
         match self {
             HookType::PreHook => "pre-hook",
             HookType::PostHook => "post-hook",
+            HookType::Unwind => "unwind",
+            HookType::Event => "event",
         }
     }
 }
@@ -138,6 +149,19 @@ pub enum HookCall {
         /// The response as the previous post-hook left it (or as Docker sent it).
         server_response: ServerResponse,
     },
+    /// An unwind call: the request did not take effect. The answer's body is ignored.
+    Unwind {
+        /// The request as the chain left it when it stopped (the one Docker received, when
+        /// Docker failed).
+        client_request: ClientRequest,
+        /// Why it did not take effect, for the adapter's log.
+        reason: String,
+    },
+    /// An event call: one Docker event. The answer's body is ignored.
+    Event {
+        /// The event as Docker's `/events` stream reported it.
+        event: DockerEvent,
+    },
 }
 
 impl HookCall {
@@ -146,16 +170,71 @@ impl HookCall {
         match self {
             HookCall::PreHook { .. } => HookType::PreHook,
             HookCall::PostHook { .. } => HookType::PostHook,
+            HookCall::Unwind { .. } => HookType::Unwind,
+            HookCall::Event { .. } => HookType::Event,
         }
     }
 
-    /// The request carried by the call.
-    pub fn client_request(&self) -> &ClientRequest {
+    /// The request carried by the call (event calls carry none).
+    pub fn client_request(&self) -> Option<&ClientRequest> {
         match self {
-            HookCall::PreHook { client_request } | HookCall::PostHook { client_request, .. } => {
-                client_request
-            }
+            HookCall::PreHook { client_request }
+            | HookCall::PostHook { client_request, .. }
+            | HookCall::Unwind { client_request, .. } => Some(client_request),
+            HookCall::Event { .. } => None,
         }
+    }
+}
+
+/// A Docker event (`GET /events`), kept whole, with accessors for the fields adapters use.
+///
+/// ```
+/// use powerstrip_protocol::DockerEvent;
+///
+/// let event: DockerEvent = serde_json::from_str(r#"{"Type":"container","Action":"die",
+///     "Actor":{"ID":"abc","Attributes":{"exitCode":"0","name":"web"}},"time":1,"timeNano":1000000001}"#).unwrap();
+/// assert_eq!((event.kind(), event.action(), event.actor_id()), ("container", "die", "abc"));
+/// assert_eq!(event.attribute("name"), Some("web"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DockerEvent(pub serde_json::Map<String, serde_json::Value>);
+
+impl DockerEvent {
+    fn text(&self, key: &str) -> &str {
+        self.0.get(key).and_then(|v| v.as_str()).unwrap_or_default()
+    }
+
+    /// `Type`: `container`, `network`, `image`, ...
+    pub fn kind(&self) -> &str {
+        self.text("Type")
+    }
+
+    /// `Action`: `create`, `start`, `die`, `destroy`, ...
+    pub fn action(&self) -> &str {
+        self.text("Action")
+    }
+
+    /// `Actor.ID`: the container (network, image...) the event is about.
+    pub fn actor_id(&self) -> &str {
+        self.0
+            .get("Actor")
+            .and_then(|a| a.get("ID"))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    }
+
+    /// One of `Actor.Attributes` (`name`, `image`, `exitCode`, labels...).
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.0.get("Actor")?.get("Attributes")?.get(key)?.as_str()
+    }
+
+    /// `timeNano`: when it happened, in nanoseconds since the epoch (0 if absent).
+    pub fn time_nano(&self) -> i64 {
+        self.0
+            .get("timeNano")
+            .and_then(|v| v.as_i64())
+            .unwrap_or_default()
     }
 }
 
@@ -191,10 +270,14 @@ struct CallOut<'a> {
     version: u64,
     #[serde(rename = "Type")]
     hook_type: HookType,
-    #[serde(rename = "ClientRequest")]
-    client_request: &'a ClientRequest,
+    #[serde(rename = "ClientRequest", skip_serializing_if = "Option::is_none")]
+    client_request: Option<&'a ClientRequest>,
     #[serde(rename = "ServerResponse", skip_serializing_if = "Option::is_none")]
     server_response: Option<&'a ServerResponse>,
+    #[serde(rename = "UnwindReason", skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(rename = "Event", skip_serializing_if = "Option::is_none")]
+    event: Option<&'a DockerEvent>,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +290,10 @@ struct CallIn {
     client_request: Option<ClientRequest>,
     #[serde(rename = "ServerResponse")]
     server_response: Option<ServerResponse>,
+    #[serde(rename = "UnwindReason")]
+    reason: Option<String>,
+    #[serde(rename = "Event")]
+    event: Option<DockerEvent>,
 }
 
 #[derive(Serialize)]
@@ -257,19 +344,23 @@ fn to_vec<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Encodes a call as the proxy sends it.
 pub fn encode_call(call: &HookCall) -> Vec<u8> {
-    let (client_request, server_response) = match call {
-        HookCall::PreHook { client_request } => (client_request, None),
-        HookCall::PostHook {
-            client_request,
-            server_response,
-        } => (client_request, Some(server_response)),
-    };
-    to_vec(&CallOut {
+    let mut out = CallOut {
         version: PROTOCOL_VERSION,
         hook_type: call.hook_type(),
-        client_request,
-        server_response,
-    })
+        client_request: call.client_request(),
+        server_response: None,
+        reason: None,
+        event: None,
+    };
+    match call {
+        HookCall::PreHook { .. } => {}
+        HookCall::PostHook {
+            server_response, ..
+        } => out.server_response = Some(server_response),
+        HookCall::Unwind { reason, .. } => out.reason = Some(reason),
+        HookCall::Event { event } => out.event = Some(event),
+    }
+    to_vec(&out)
 }
 
 /// Decodes a call, checking the version and that every field the `Type` needs is present.
@@ -277,6 +368,10 @@ pub fn decode_call(bytes: &[u8]) -> Result<HookCall, ProtocolError> {
     let call: CallIn = serde_json::from_slice(bytes)?;
     check_version(call.version)?;
     let hook_type = call.hook_type.ok_or(ProtocolError::MissingField("Type"))?;
+    if hook_type == HookType::Event {
+        let event = call.event.ok_or(ProtocolError::MissingField("Event"))?;
+        return Ok(HookCall::Event { event });
+    }
     let client_request = call
         .client_request
         .ok_or(ProtocolError::MissingField("ClientRequest"))?;
@@ -287,6 +382,10 @@ pub fn decode_call(bytes: &[u8]) -> Result<HookCall, ProtocolError> {
             server_response: call
                 .server_response
                 .ok_or(ProtocolError::MissingField("ServerResponse"))?,
+        }),
+        HookType::Unwind | HookType::Event => Ok(HookCall::Unwind {
+            client_request,
+            reason: call.reason.unwrap_or_default(),
         }),
     }
 }
@@ -449,6 +548,40 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ProtocolError::Json(_)), "{err}");
+    }
+
+    #[test]
+    fn unwind_and_event_calls_round_trip() {
+        let unwind = HookCall::Unwind {
+            client_request: create(),
+            reason: "adapter \"policy\" refused the request".into(),
+        };
+        let bytes = encode_call(&unwind);
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["Type"], "unwind");
+        assert_eq!(
+            value["UnwindReason"],
+            "adapter \"policy\" refused the request"
+        );
+        assert_eq!(decode_call(&bytes).unwrap(), unwind);
+
+        let event: DockerEvent = serde_json::from_value(serde_json::json!({
+            "Type": "container", "Action": "die", "Actor": {"ID": "abc", "Attributes": {"exitCode": "3"}},
+            "time": 1700000000, "timeNano": 1700000000123456789_i64, "scope": "local"
+        }))
+        .unwrap();
+        let call = HookCall::Event {
+            event: event.clone(),
+        };
+        let bytes = encode_call(&call);
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["Type"], "event");
+        assert!(value.get("ClientRequest").is_none());
+        assert_eq!(value["Event"]["Actor"]["Attributes"]["exitCode"], "3");
+        assert_eq!(decode_call(&bytes).unwrap(), call);
+        assert_eq!(event.time_nano(), 1700000000123456789);
+        let err = decode_call(br#"{"PowerstripProtocolVersion":1,"Type":"event"}"#).unwrap_err();
+        assert_eq!(err.to_string(), "missing field Event");
     }
 
     #[test]

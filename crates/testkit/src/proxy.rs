@@ -152,6 +152,7 @@ impl TestProxyBuilder {
             proxy,
             ServerOptions {
                 grace: Duration::from_secs(1),
+                ..ServerOptions::default()
             },
             async move {
                 let _ = stopped.await;

@@ -58,7 +58,7 @@ async fn echo_answers_with_what_it_was_given_and_records_calls() {
     assert_eq!(answer.header("content-type"), Some("application/json"));
     assert_eq!(
         decode_pre_answer(&answer.body).unwrap(),
-        *pre_call.client_request()
+        *pre_call.client_request().unwrap()
     );
 
     let post_call = post(None);
@@ -206,7 +206,10 @@ async fn sequential_requests_share_one_keep_alive_connection_and_chunked_bodies_
         let call = pre(Some(body));
         let response = sender.send_request(call_request(&call)).await.unwrap();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(decode_pre_answer(&bytes).unwrap(), *call.client_request());
+        assert_eq!(
+            decode_pre_answer(&bytes).unwrap(),
+            *call.client_request().unwrap()
+        );
     }
     assert_eq!(adapter.connections(), 1);
 
@@ -222,7 +225,10 @@ async fn sequential_requests_share_one_keep_alive_connection_and_chunked_bodies_
         .request_streaming(Request::post("/hook").body(body).unwrap())
         .await;
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(decode_pre_answer(&bytes).unwrap(), *call.client_request());
+    assert_eq!(
+        decode_pre_answer(&bytes).unwrap(),
+        *call.client_request().unwrap()
+    );
     assert_eq!(
         adapter.requests()[2].header("transfer-encoding"),
         Some("chunked")
