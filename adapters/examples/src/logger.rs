@@ -9,6 +9,9 @@
 //! {"time":"2026-11-23T12:00:00.042Z","hook":"post-hook","method":"POST","request":"/v1.41/containers/create","code":201,"elapsed_ms":41.7}
 //! ```
 //!
+//! Subscribed to events (`events = ["die", "destroy"]`) it records those too, and it
+//! records unwinds (a request it saw that did not take effect).
+//!
 //! `elapsed_ms` is the time from this adapter's pre-hook to its post-hook for the same
 //! method and request target: Docker's time plus the hooks between them. It is absent when
 //! no matching pre-hook was seen (a later pre-hook rewrote the query, or the logger is only
@@ -22,7 +25,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use powerstrip_adapter::builtin::{Builtin, parse_options};
-use powerstrip_adapter::{Adapter, ClientRequest, HookError, ServerResponse, async_trait};
+use powerstrip_adapter::{
+    Adapter, ClientRequest, DockerEvent, HookError, ServerResponse, async_trait,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -139,6 +144,22 @@ impl Adapter for Logger {
         }
         self.record(record);
         Ok(response)
+    }
+
+    async fn unwind(&self, request: &ClientRequest, reason: &str) -> Result<(), HookError> {
+        self.record(json!({
+            "time": now(), "hook": "unwind", "method": request.method, "request": request.request,
+            "reason": reason,
+        }));
+        Ok(())
+    }
+
+    async fn event(&self, event: &DockerEvent) -> Result<(), HookError> {
+        self.record(json!({
+            "time": now(), "hook": "event", "type": event.kind(), "action": event.action(),
+            "id": event.actor_id(),
+        }));
+        Ok(())
     }
 }
 
