@@ -250,13 +250,22 @@ fn describe(config: &Config) -> String {
             AdapterKind::Http { url } => url.to_string(),
             AdapterKind::Builtin { builtin, .. } => format!("builtin {builtin}"),
         };
-        let _ = writeln!(
-            out,
-            "  {:<16} {kind}  (timeout {}, failure {})",
-            adapter.name,
+        let mut settings = format!(
+            "timeout {}, failure {}",
             humantime::format_duration(adapter.timeout),
             adapter.failure
         );
+        if adapter.unwind {
+            settings.push_str(", unwind");
+        }
+        if let Some(ca) = &adapter.ca {
+            let _ = write!(settings, ", ca {}", ca.display());
+        }
+        if !adapter.events.is_empty() {
+            let events: Vec<String> = adapter.events.iter().map(ToString::to_string).collect();
+            let _ = write!(settings, ", events {}", events.join(" "));
+        }
+        let _ = writeln!(out, "  {:<16} {kind}  ({settings})", adapter.name);
     }
     out
 }

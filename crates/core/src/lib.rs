@@ -6,12 +6,16 @@
 //! interactive sessions included.
 //!
 //! ## Layout
-//! - [`server`]: serving the proxy on the SDK's listeners ([`serve`]).
+//! - [`server`]: serving the proxy on the SDK's listeners ([`serve`]), the event follower,
+//!   and a shutdown that waits for attach/exec sessions.
 //! - [`proxy`]: one request's path — match, pre chain, Docker, post chain, respond — and
 //!   the streaming and upgrade bypasses ([`Proxy`]).
 //! - [`chains`]: adapters built from the configuration, matched per request and run in
 //!   order with timeouts and failure policies ([`Chains`], [`Builtins`]).
-//! - [`http_adapter`]: the client side of the protocol for adapters served over HTTP.
+//! - [`http_adapter`]: the client side of the protocol for adapters served over HTTP(S).
+//! - [`events`]: follows Docker's `/events` and delivers them to subscribed adapters.
+//! - [`reload`]: applies a changed configuration atomically (SIGHUP, file changes).
+//! - [`metrics`] and [`admin`]: Prometheus metrics, `/healthz`, `/readyz`.
 //! - [`upstream`]: the pooled client to Docker.
 //! - [`error`]: every failure, and the one function that turns it into a Docker-shaped
 //!   response.
