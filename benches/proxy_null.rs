@@ -3,15 +3,18 @@
 //! that the end-to-end bench can hook 3 in-process null adapters — the `powerstrip`
 //! binary links only the example adapters, none of which is a no-op.
 //!
-//! Everything else is what `src/main.rs` does for `serve`: the same libraries, the same
-//! multi-threaded runtime, the same logging set-up (`RUST_LOG`), the same flags
-//! (`--listen unix://… --docker unix://… --config FILE`). Stops on SIGTERM or SIGINT.
+//! Everything else is what `src/main.rs` does for `serve` with its defaults: the same
+//! libraries, the same multi-threaded runtime, the same logging set-up (`RUST_LOG`), the
+//! configuration watcher (1 s poll), the same server limits, the same flags
+//! (`--listen unix://… --docker unix://… --config FILE`); no TLS, no admin listener.
+//! Stops on SIGTERM or SIGINT.
 //! `cargo bench` runs every bench target with `--bench`: without `serve` as its first
 //! argument this binary says what it is and exits.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use powerstrip_adapter::Adapter;
 use powerstrip_adapter::builtin::Builtin;
@@ -52,6 +55,16 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     })
 }
 
+/// The binary's builtins, and `null`.
+fn builtins() -> Builtins {
+    let mut builtins = Builtins::new();
+    for builtin in powerstrip_examples::builtins() {
+        builtins.register(builtin);
+    }
+    builtins.register(Builtin::from_adapter("null", Null));
+    builtins
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(("serve", args)) = args.split_first().map(|(a, rest)| (a.as_str(), rest)) else {
@@ -75,16 +88,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let mut builtins = Builtins::new();
-    for builtin in powerstrip_examples::builtins() {
-        builtins.register(builtin);
-    }
-    builtins.register(Builtin::from_adapter("null", Null));
+    let linked = builtins();
     let options = ChainOptions {
         max_answer: powerstrip_core::proxy::DEFAULT_MAX_HOOK_BODY,
     };
     let chains = match powerstrip_config::load(&args.config)
-        .and_then(|config| Chains::build(&config, &builtins, options))
+        .and_then(|config| Chains::build(&config, &linked, options))
     {
         Ok(chains) => chains,
         Err(errors) => {
@@ -113,13 +122,25 @@ fn main() -> ExitCode {
             Limits::default(),
         ));
         println!("export DOCKER_HOST={}", listener.local_address());
+        let watcher = tokio::spawn(powerstrip_core::reload::watch_config(
+            proxy.clone(),
+            args.config.clone(),
+            Duration::from_secs(1),
+            powerstrip_core::reload::hangup_signal(),
+            move |file: &Path| Chains::build(&powerstrip_config::load(file)?, &builtins(), options),
+        ));
+        let server_options = ServerOptions {
+            max_header_bytes: 64 * 1024,
+            ..ServerOptions::default()
+        };
         powerstrip_core::serve(
             vec![listener],
             proxy,
-            ServerOptions::default(),
+            server_options,
             powerstrip_adapter::cli::shutdown_signal(),
         )
         .await;
+        watcher.abort();
         ExitCode::SUCCESS
     })
 }

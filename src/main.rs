@@ -346,6 +346,11 @@ fn plan(args: &ServeArgs) -> Result<Plan, String> {
 
 #[tokio::main]
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Signals are watched before anything is bound or announced: from the moment a client
+    // could know of this process, SIGTERM is a clean exit and SIGHUP a reload, never the
+    // default action (death).
+    let shutdown_signal = powerstrip_adapter::cli::shutdown_signal();
+    let mut hangup = powerstrip_core::reload::hangup_signal();
     let plan = match plan(&args) {
         Ok(plan) => plan,
         Err(problem) => {
@@ -424,15 +429,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
 
     let stop = CancellationToken::new();
-    let watcher = args.config.clone().map(|path| {
-        let builtins = builtins();
-        tokio::spawn(powerstrip_core::reload::watch_config(
-            proxy.clone(),
-            path,
-            args.config_poll,
-            move |file: &Path| Chains::build(&powerstrip_config::load(file)?, &builtins, options),
-        ))
-    });
+    let watcher = match args.config.clone() {
+        Some(path) => {
+            let builtins = builtins();
+            tokio::spawn(powerstrip_core::reload::watch_config(
+                proxy.clone(),
+                path,
+                args.config_poll,
+                hangup,
+                move |file: &Path| {
+                    Chains::build(&powerstrip_config::load(file)?, &builtins, options)
+                },
+            ))
+        }
+        // Nothing to reload, but SIGHUP must still not kill the proxy.
+        None => tokio::spawn(async move {
+            if let Some(hangup) = hangup.as_mut() {
+                while hangup.recv().await.is_some() {
+                    info!("SIGHUP received; no configuration file to reload");
+                }
+            }
+        }),
+    };
     let admin = admin.map(|listener| {
         tokio::spawn(powerstrip_core::admin::serve_admin(
             vec![listener],
@@ -449,15 +467,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = {
         let stop = stop.clone();
         async move {
-            powerstrip_adapter::cli::shutdown_signal().await;
+            shutdown_signal.await;
             stop.cancel();
         }
     };
     powerstrip_core::serve(listeners, proxy, server_options, shutdown).await;
     stop.cancel();
-    if let Some(watcher) = watcher {
-        watcher.abort();
-    }
+    watcher.abort();
     if let Some(admin) = admin {
         let _ = admin.await;
     }

@@ -856,7 +856,10 @@ async fn an_adapter_answering_non_json_is_a_502_naming_it() {
         ),
         "{message}"
     );
-    assert!(!message.contains("127.0.0.1"), "the adapter's address stays in the log: {message}");
+    assert!(
+        !message.contains("127.0.0.1"),
+        "the adapter's address stays in the log: {message}"
+    );
     assert!(
         message.contains("not a valid PowerstripProtocolVersion 1 document"),
         "{message}"
@@ -1000,7 +1003,10 @@ async fn docker_down_is_a_prompt_502_and_the_proxy_recovers_when_it_is_back() {
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(
         r.message(),
-        format!("powerstrip: cannot reach Docker at unix://{}", socket.display())
+        format!(
+            "powerstrip: cannot reach Docker at unix://{}",
+            socket.display()
+        )
     );
 
     let _docker = FakeDocker::builder()

@@ -135,6 +135,8 @@ fn init_logging(filter: &str) {
 }
 
 async fn run(name: &str, adapter: Arc<dyn crate::Adapter>, addresses: &[Address]) -> ExitCode {
+    // Before anything is announced: a signal from now on is a clean shutdown.
+    let shutdown = shutdown_signal();
     let mut listeners = Vec::new();
     for address in addresses {
         match Listener::bind(address).await {
@@ -150,7 +152,7 @@ async fn run(name: &str, adapter: Arc<dyn crate::Adapter>, addresses: &[Address]
         println!("{}", url(&listener.local_address()));
     }
     info!(adapter = name, "serving PowerstripProtocolVersion 1");
-    crate::serve::serve_listeners(adapter, listeners, shutdown_signal()).await;
+    crate::serve::serve_listeners(adapter, listeners, shutdown).await;
     ExitCode::SUCCESS
 }
 
@@ -162,19 +164,27 @@ fn url(address: &Address) -> String {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Watches SIGTERM and SIGINT from the moment it is called (inside a runtime), so a
+/// signal that arrives before the returned future is first polled still ends the server
+/// cleanly rather than killing the process. The future resolves on the first of them.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
                 _ = term.recv() => info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+                _ = int.recv() => info!("SIGINT received"),
+            },
+            (term, int) => {
+                warn!(
+                    sigterm = ?term.err(),
+                    sigint = ?int.err(),
+                    "cannot watch the shutdown signals; stopping on SIGINT only"
+                );
+                let _ = tokio::signal::ctrl_c().await;
             }
-        }
-        Err(err) => {
-            warn!(error = %err, "cannot watch SIGTERM; stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use http::{Method, Request, header};
@@ -26,6 +26,8 @@ use crate::proxy::Proxy;
 
 /// Events waiting for one adapter before further ones are dropped.
 const QUEUE: usize = 1024;
+/// The first wait before reconnecting.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -34,27 +36,30 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub async fn follow_events(proxy: Arc<Proxy>) {
     let mut cursor = Cursor::starting_now();
     let mut workers = Workers::default();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = MIN_BACKOFF;
     loop {
         if proxy.chains().subscribers().is_empty() {
             workers.clear();
             proxy.chains_replaced().await;
             continue;
         }
+        let started = Instant::now();
         match follow_once(&proxy, &mut cursor, &mut workers).await {
-            Ok(()) => {
-                debug!("Docker closed the event stream; reconnecting");
-                backoff = Duration::from_millis(100);
-            }
+            Ok(()) => debug!(retry_in = ?backoff, "Docker closed the event stream; reconnecting"),
             Err(reason) => {
                 warn!(%reason, retry_in = ?backoff, "cannot follow Docker's events; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = proxy.chains_replaced() => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+        // A stream that lasted is a normal end: reconnect soon. One that ends at once,
+        // again and again, backs off rather than spinning.
+        if started.elapsed() > MAX_BACKOFF {
+            backoff = MIN_BACKOFF;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = proxy.chains_replaced() => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

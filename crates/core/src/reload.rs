@@ -30,21 +30,35 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// Rebuilds the chains from `path` on every SIGHUP and whenever the file changes (checked
-/// every `poll`), for as long as the future runs. `build` validates and builds; the
-/// proxy's chains are replaced only when it succeeds.
-pub async fn watch_config<F>(proxy: Arc<Proxy>, path: PathBuf, poll: Duration, build: F)
-where
-    F: Fn(&Path) -> Result<Chains, ConfigErrors> + Send + Sync,
-{
+/// SIGHUP, watched from the moment [`hangup_signal`] is called.
+pub type Hangup = Option<tokio::signal::unix::Signal>;
+
+/// Starts watching SIGHUP at once (inside a runtime): call it before announcing the
+/// server, so a reload request that comes early is queued instead of killing the process
+/// (SIGHUP's default action).
+pub fn hangup_signal() -> Hangup {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = match signal(SignalKind::hangup()) {
+    match signal(SignalKind::hangup()) {
         Ok(hangup) => Some(hangup),
         Err(err) => {
             warn!(error = %err, "cannot watch SIGHUP; reloading on file changes only");
             None
         }
-    };
+    }
+}
+
+/// Rebuilds the chains from `path` on every SIGHUP (from `hangup`) and whenever the file
+/// changes (checked every `poll`), for as long as the future runs. `build` validates and
+/// builds; the proxy's chains are replaced only when it succeeds.
+pub async fn watch_config<F>(
+    proxy: Arc<Proxy>,
+    path: PathBuf,
+    poll: Duration,
+    mut hangup: Hangup,
+    build: F,
+) where
+    F: Fn(&Path) -> Result<Chains, ConfigErrors> + Send + Sync,
+{
     let mut last = stamp(&path);
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

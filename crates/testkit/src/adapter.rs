@@ -72,13 +72,18 @@ pub enum AdapterReply {
 }
 
 impl AdapterReply {
-    /// The null answer: the call's own request (pre-hook) or response (post-hook), unchanged.
+    /// The null answer: the call's own request (pre-hook) or response (post-hook),
+    /// unchanged; unwind and event calls are acknowledged.
     pub fn pass(call: &HookCall) -> AdapterReply {
         match call {
             HookCall::PreHook { client_request } => AdapterReply::Pre(client_request.clone()),
             HookCall::PostHook {
                 server_response, ..
             } => AdapterReply::Post(server_response.clone()),
+            // Unwind and event calls carry nothing back: acknowledge them.
+            HookCall::Unwind { .. } | HookCall::Event { .. } => {
+                AdapterReply::Json(200, serde_json::json!({"PowerstripProtocolVersion": 1}))
+            }
             _ => AdapterReply::Json(
                 500,
                 serde_json::json!({"message": "fake adapter: unknown hook type"}),
