@@ -163,7 +163,13 @@ pub(crate) fn from_yaml(text: &str, origin: &str) -> Result<Node, Vec<ConfigErro
         Ok(node) => Ok(yaml_node(&node, 1)),
         Err(e) => {
             let (line, message) = yaml_error(&e);
-            Err(vec![ConfigError::new(origin, Some(line), message)])
+            // The parser places "end of file" on the line after the last one.
+            let last = text.lines().count().max(1);
+            Err(vec![ConfigError::new(
+                origin,
+                Some(line.min(last)),
+                message,
+            )])
         }
     }
 }

@@ -724,3 +724,25 @@ fn bad_unwind_events_and_ca_settings_are_named() {
         ]
     );
 }
+
+#[test]
+fn hosts_that_would_not_read_back_are_refused() {
+    assert_eq!(
+        toml_errors("[adapters]\na = \"http://a]:b:1/\"\nb = \"http://[not-v6]:1/\"\n"),
+        [
+            "adapters.toml:2: adapter \"a\": bad URL \"http://a]:b:1/\": invalid host \"a]:b\" (an IPv6 address goes in brackets: http://[::1]:9000/)",
+            "adapters.toml:3: adapter \"b\": bad URL \"http://[not-v6]:1/\": \"not-v6\" in brackets is not an IPv6 address",
+        ]
+    );
+    let config = parse(
+        "[adapters]\nv6 = \"http://[::1]:9000/hook\"\n",
+        "adapters.toml",
+        Format::Toml,
+    )
+    .unwrap();
+    let url = match &config.adapter("v6").unwrap().kind {
+        AdapterKind::Http { url } => url.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(url, "http://[::1]:9000/hook");
+}

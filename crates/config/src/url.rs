@@ -84,6 +84,9 @@ impl AdapterUrl {
 fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), String> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or("unclosed [ in an IPv6 host")?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{host:?} in brackets is not an IPv6 address"));
+        }
         match after {
             "" => (host, None),
             _ => match after.strip_prefix(':') {
@@ -99,6 +102,11 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), String> {
     };
     if host.is_empty() {
         return Err("missing host".into());
+    }
+    if !authority.starts_with('[') && host.contains([':', '[', ']']) {
+        return Err(format!(
+            "invalid host {host:?} (an IPv6 address goes in brackets: http://[::1]:9000/)"
+        ));
     }
     let port = match port {
         None => None,
