@@ -768,6 +768,20 @@ impl Drop for SecondDocker {
                 tail(&self.log(), 40)
             );
         }
+        // A dockerd stopped in the middle of a create leaves that container's layer
+        // mounted under its data root; unmount (deepest first) so the directory can go.
+        let root = self.dir.path().display().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .filter(|point| point.starts_with(&format!("{root}/")))
+            .map(str::to_owned)
+            .collect();
+        mounts.sort_unstable_by(|a, b| b.cmp(a));
+        for point in mounts {
+            let _ = Command::new("umount").args(["-l", &point]).status();
+        }
     }
 }
 
