@@ -268,7 +268,7 @@ def build(repo: Path) -> dict[str, str]:
     """Release builds of powerstrip and of the helpers; their paths by name."""
     log("cargo build --release (powerstrip and the bench helpers)")
     subprocess.run(["cargo", "build", "--release", "--bin", "powerstrip"], cwd=repo, check=True)
-    helpers = ["fake_docker", "null_adapter", "loadgen", "proxy_null"]
+    helpers = ["fake_docker", "null_adapter", "loadgen"]
     argv = ["cargo", "build", "--release", "--message-format=json-render-diagnostics"]
     for h in helpers:
         argv += ["--bench", h]
@@ -423,7 +423,7 @@ def start_proxies(phase: str, names: list[str], upstream: Path, tmp: Path, bins:
             kind = name.split("-", 1)[1]
             cfg = tmp / f"{phase}-{name}.toml"
             cfg.write_text(powerstrip_config(kind, adapter_sockets))
-            binary = bins["proxy_null"] if kind == "inproc" else bins["powerstrip"]
+            binary = bins["powerstrip"]
             argv = [binary, "serve", "--listen", f"unix://{sock}", "--docker", f"unix://{upstream}",
                     "--config", str(cfg)]
             if kind != "inproc" and has_admin_flag(binary):
@@ -817,7 +817,7 @@ def main() -> int:
                                          cwd=repo, check=True, stdout=subprocess.PIPE, text=True).stdout)
         deps = Path(meta["target_directory"]) / "release" / "deps"
         bins = {"powerstrip": str(Path(meta["target_directory"]) / "release" / "powerstrip")}
-        for h in ("fake_docker", "null_adapter", "loadgen", "proxy_null"):
+        for h in ("fake_docker", "null_adapter", "loadgen"):
             cands = sorted((p for p in deps.glob(f"{h}-*") if p.suffix == "" and os.access(p, os.X_OK)),
                            key=lambda p: p.stat().st_mtime)
             if not cands:

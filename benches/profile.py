@@ -325,7 +325,7 @@ def find_bins(repo: Path) -> dict:
                                      text=True).stdout)
     target = Path(meta["target_directory"]) / "release"
     bins = {"powerstrip": str(target / "powerstrip")}
-    for h in ("fake_docker", "null_adapter", "loadgen", "proxy_null"):
+    for h in ("fake_docker", "null_adapter", "loadgen"):
         cands = sorted((p for p in (target / "deps").glob(f"{h}-*") if p.suffix == ""),
                        key=lambda p: p.stat().st_mtime)
         if not cands:

@@ -6,6 +6,8 @@
 //! options either way.
 //!
 //! ## Layout
+//! - [`null`]: passes everything — the template, and what the benchmarks hook to measure
+//!   a chain's own cost.
 //! - [`slowreq`]: delays the requests it hooks (pre-hook only) — the smallest adapter.
 //! - [`logger`]: records every call it sees and how long Docker took (pre and post).
 //! - [`image_policy`]: refuses containers from images outside an allow-list, or that run
@@ -15,6 +17,7 @@
 
 pub mod image_policy;
 pub mod logger;
+pub mod null;
 pub mod slowreq;
 
 use powerstrip_adapter::builtin::Builtin;
@@ -24,6 +27,7 @@ pub fn builtins() -> Vec<Builtin> {
     vec![
         image_policy::builtin(),
         logger::builtin(),
+        null::builtin(),
         slowreq::builtin(),
     ]
 }
