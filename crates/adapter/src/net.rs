@@ -314,6 +314,26 @@ pub async fn serve_http<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    serve_http_with(listeners, move || service.clone(), options, shutdown).await;
+}
+
+/// Like [`serve_http`], with a service made for each connection by `make_service`, for
+/// services that keep per-connection state.
+pub async fn serve_http_with<M, S, B>(
+    listeners: Vec<Listener>,
+    make_service: M,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) where
+    M: Fn() -> S + Send + Sync + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let make_service = Arc::new(make_service);
     let (stop_tx, stop_rx) = watch::channel(false);
     let tracker = TaskTracker::new();
     let mut sockets = Vec::new();
@@ -324,7 +344,7 @@ pub async fn serve_http<S, B>(
         }
         tracker.spawn(accept_loop(
             listener,
-            service.clone(),
+            make_service.clone(),
             options,
             tracker.clone(),
             stop_rx.clone(),
@@ -353,18 +373,15 @@ fn remove_socket(path: &Path) {
     }
 }
 
-async fn accept_loop<S, B>(
+async fn accept_loop<M, S, B>(
     listener: Listener,
-    service: S,
+    make_service: Arc<M>,
     options: ServerOptions,
     tracker: TaskTracker,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    M: Fn() -> S + Send + Sync + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     B: Body + Send + 'static,
@@ -389,7 +406,7 @@ async fn accept_loop<S, B>(
             Ok((io, peer)) => {
                 let span = info_span!("conn", peer = %peer);
                 let tls = listener.tls().cloned();
-                let (service, stop) = (service.clone(), stop.clone());
+                let (service, stop) = (make_service(), stop.clone());
                 tracker.spawn(
                     async move {
                         let _permit = permit;
@@ -464,6 +481,7 @@ async fn serve_connection<S, B>(
 {
     let conn = http1::Builder::new()
         .max_buf_size(options.max_header_bytes.max(8192))
+        .writev(false)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);

@@ -47,7 +47,7 @@ use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{AdapterDef, AdapterKind, Config, Endpoint, EventFilter, FailurePolicy};
-pub use pattern::{Pattern, PatternError};
+pub use pattern::{Pattern, PatternError, PatternSet};
 pub use url::AdapterUrl;
 
 /// How long an adapter call may take when its definition does not say.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 
 /// Why an endpoint pattern was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +29,8 @@ pub enum PatternError {
 pub struct Pattern {
     /// The text as the operator wrote it, for messages and logs.
     text: String,
+    /// The glob, for sets of patterns.
+    glob: Glob,
     /// The compiled glob.
     matcher: GlobMatcher,
 }
@@ -51,6 +53,7 @@ impl Pattern {
         Ok(Pattern {
             text: text.to_owned(),
             matcher: glob.compile_matcher(),
+            glob,
         })
     }
 
@@ -79,6 +82,64 @@ impl Pattern {
 impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
+    }
+}
+
+/// Several patterns compiled together: one pass over a request finds every pattern that
+/// matches it, in the order the patterns were given.
+///
+/// ```
+/// use powerstrip_config::{Pattern, PatternSet};
+///
+/// let patterns = ["POST /*/containers/create", "GET /*", "* *"].map(|p| Pattern::new(p).unwrap());
+/// let set = PatternSet::new(&patterns);
+/// let mut hits = Vec::new();
+/// set.matching("POST", "/v1.41/containers/create", &mut hits);
+/// assert_eq!(hits, [0, 2]);
+/// set.matching("POST", "/containers/create", &mut hits);
+/// assert_eq!(hits, [0, 2], "unversioned paths are matched too");
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct PatternSet {
+    /// The compiled set; indices are positions in the patterns given.
+    set: GlobSet,
+}
+
+impl PatternSet {
+    /// Compiles `patterns` together.
+    pub fn new(patterns: &[Pattern]) -> PatternSet {
+        let mut builder = GlobSetBuilder::new();
+        for pattern in patterns {
+            builder.add(pattern.glob.clone());
+        }
+        // Each glob compiled alone already, so together they compile too.
+        let set = builder.build().unwrap_or_else(|_| GlobSet::empty());
+        PatternSet { set }
+    }
+
+    /// True when the set holds no pattern.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// Fills `hits` with the indices of the patterns matching this request (path without
+    /// query string), ascending; the same rules as [`Pattern::matches`].
+    pub fn matching(&self, method: &str, path: &str, hits: &mut Vec<usize>) {
+        hits.clear();
+        if self.set.is_empty() {
+            return;
+        }
+        let request = Request::new(method, path);
+        self.set.matches_into(request.as_sent.as_str(), hits);
+        if let Some(unversioned) = &request.unversioned {
+            let mut more = Vec::new();
+            self.set.matches_into(unversioned.as_str(), &mut more);
+            if !more.is_empty() {
+                hits.extend(more);
+                hits.sort_unstable();
+                hits.dedup();
+            }
+        }
     }
 }
 

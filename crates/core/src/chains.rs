@@ -1,15 +1,18 @@
 //! Adapter chains: built once from a validated configuration, resolved per request, and
 //! run in order with timeouts and failure policies.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::metrics::histogram::Histogram;
 use std::time::{Duration, Instant};
 
 use powerstrip_adapter::builtin::Builtin;
 use powerstrip_adapter::{Adapter, ClientRequest, HookError, HookErrorKind, ServerResponse};
 use powerstrip_config::{
-    AdapterKind, Config, ConfigError, ConfigErrors, EventFilter, FailurePolicy, Pattern,
+    AdapterKind, Config, ConfigError, ConfigErrors, EventFilter, FailurePolicy, Pattern, PatternSet,
 };
 use powerstrip_protocol::HookType;
 use tracing::{info, warn};
@@ -62,6 +65,9 @@ pub struct Hook {
     unwind: bool,
     /// The Docker events it receives.
     events: Vec<EventFilter>,
+    /// Its `powerstrip_hook_duration_seconds` series (pre, post, unwind, event), resolved
+    /// on first use.
+    histograms: OnceLock<[Histogram; 4]>,
 }
 
 impl Hook {
@@ -104,7 +110,8 @@ impl fmt::Debug for Hook {
 /// The chains of one endpoint pattern.
 #[derive(Debug)]
 struct Route {
-    pattern: Pattern,
+    /// The pattern as written: the `pattern` label of the request metric.
+    label: Arc<String>,
     pre: Vec<Arc<Hook>>,
     post: Vec<Arc<Hook>>,
 }
@@ -112,6 +119,8 @@ struct Route {
 /// Every endpoint's chains, in file order.
 #[derive(Debug, Default)]
 pub struct Chains {
+    /// Every endpoint's pattern, compiled together; indices are positions in `routes`.
+    set: PatternSet,
     routes: Vec<Route>,
     /// Adapters that subscribed to Docker events, whether or not an endpoint uses them.
     subscribers: Vec<Arc<Hook>>,
@@ -124,15 +133,16 @@ pub struct ChainOptions {
     pub max_answer: usize,
 }
 
-/// What one request runs: the chains of every matching pattern, concatenated in file order.
+/// What one request runs: the chains of every matching pattern, concatenated in file order
+/// (borrowed as they are when a single pattern matches).
 #[derive(Debug, Default)]
 pub struct Matched<'a> {
-    /// The patterns that matched, in file order.
-    pub patterns: Vec<&'a str>,
+    /// The patterns that matched, comma-separated, in file order; `None` when none did.
+    pub label: Option<Arc<String>>,
     /// The pre-hooks to run, in order.
-    pub pre: Vec<&'a Hook>,
+    pub pre: Cow<'a, [Arc<Hook>]>,
     /// The post-hooks to run, in order.
-    pub post: Vec<&'a Hook>,
+    pub post: Cow<'a, [Arc<Hook>]>,
 }
 
 impl Matched<'_> {
@@ -206,6 +216,7 @@ impl Chains {
                     failure: def.failure,
                     unwind,
                     events: def.events.clone(),
+                    histograms: OnceLock::new(),
                 }),
             );
         }
@@ -223,11 +234,12 @@ impl Chains {
             .endpoints
             .iter()
             .map(|e| Route {
-                pattern: e.pattern.clone(),
+                label: Arc::new(e.pattern.as_str().to_owned()),
                 pre: resolve(&e.pre),
                 post: resolve(&e.post),
             })
             .collect();
+        let patterns: Vec<Pattern> = config.endpoints.iter().map(|e| e.pattern.clone()).collect();
         let subscribers = config
             .adapters
             .iter()
@@ -236,6 +248,7 @@ impl Chains {
             .cloned()
             .collect();
         Ok(Chains {
+            set: PatternSet::new(&patterns),
             routes,
             subscribers,
         })
@@ -253,15 +266,35 @@ impl Chains {
 
     /// The hooks a request runs. `path` excludes the query string.
     pub fn matched(&self, method: &str, path: &str) -> Matched<'_> {
-        let mut matched = Matched::default();
-        for route in &self.routes {
-            if route.pattern.matches(method, path) {
-                matched.patterns.push(route.pattern.as_str());
-                matched.pre.extend(route.pre.iter().map(Arc::as_ref));
-                matched.post.extend(route.post.iter().map(Arc::as_ref));
+        if self.routes.is_empty() {
+            return Matched::default();
+        }
+        let mut hits = Vec::new();
+        self.set.matching(method, path, &mut hits);
+        match hits.as_slice() {
+            [] => Matched::default(),
+            [one] => {
+                let route = &self.routes[*one];
+                Matched {
+                    label: Some(route.label.clone()),
+                    pre: Cow::Borrowed(&route.pre),
+                    post: Cow::Borrowed(&route.post),
+                }
+            }
+            many => {
+                let routes = many.iter().map(|&i| &self.routes[i]);
+                let label = routes
+                    .clone()
+                    .map(|r| r.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Matched {
+                    label: Some(Arc::new(label)),
+                    pre: Cow::Owned(routes.clone().flat_map(|r| r.pre.iter().cloned()).collect()),
+                    post: Cow::Owned(routes.flat_map(|r| r.post.iter().cloned()).collect()),
+                }
             }
         }
-        matched
     }
 }
 
@@ -269,7 +302,7 @@ impl Chains {
 /// failures (after the failure policy) end the chain as a [`ProxyError`], and the hooks
 /// that had already run are unwound (see [`unwind`]).
 pub async fn run_pre(
-    hooks: &[&Hook],
+    hooks: &[Arc<Hook>],
     mut request: ClientRequest,
     metrics: &Metrics,
 ) -> Result<ClientRequest, ProxyError> {
@@ -306,7 +339,7 @@ pub async fn run_pre(
 
 /// Runs the post-hooks in order; each receives the previous one's response.
 pub async fn run_post(
-    hooks: &[&Hook],
+    hooks: &[Arc<Hook>],
     request: &ClientRequest,
     mut response: ServerResponse,
     metrics: &Metrics,
@@ -324,7 +357,7 @@ pub async fn run_post(
 
 /// Tells the hooks that want it, last first, that `request` did not take effect. Best
 /// effort: each call is bounded by its adapter's timeout; failures are logged and counted.
-pub async fn unwind(hooks: &[&Hook], request: &ClientRequest, reason: &str, metrics: &Metrics) {
+pub async fn unwind(hooks: &[Arc<Hook>], request: &ClientRequest, reason: &str, metrics: &Metrics) {
     for hook in hooks.iter().rev().filter(|h| h.unwind) {
         let started = Instant::now();
         let result = call(hook, hook.adapter.unwind(request, reason)).await;
@@ -378,14 +411,35 @@ fn outcome_of(error: &HookError) -> &'static str {
     }
 }
 
-fn observe(hook: &Hook, kind: HookType, started: Instant, metrics: &Metrics) {
-    metrics
-        .hook_duration
-        .get_or_create(&HookLabels {
-            adapter: hook.name.to_string(),
-            hook: kind.as_str(),
-        })
-        .observe(started.elapsed().as_secs_f64());
+/// Records how long a call took and returns it, in seconds (one clock read).
+fn observe(hook: &Hook, kind: HookType, started: Instant, metrics: &Metrics) -> f64 {
+    let elapsed = started.elapsed().as_secs_f64();
+    // The histogram handles are resolved once per hook: no label allocation per call.
+    let histograms = hook.histograms.get_or_init(|| {
+        let get = |kind: HookType| {
+            metrics
+                .hook_duration
+                .get_or_create(&HookLabels {
+                    adapter: hook.name.to_string(),
+                    hook: kind.as_str(),
+                })
+                .clone()
+        };
+        [
+            get(HookType::PreHook),
+            get(HookType::PostHook),
+            get(HookType::Unwind),
+            get(HookType::Event),
+        ]
+    });
+    let index = match kind {
+        HookType::PreHook => 0,
+        HookType::PostHook => 1,
+        HookType::Unwind => 2,
+        _ => 3,
+    };
+    histograms[index].observe(elapsed);
+    elapsed
 }
 
 pub(crate) fn count_error(hook: &Hook, kind: HookType, outcome: &'static str, metrics: &Metrics) {
@@ -409,8 +463,7 @@ fn finish<T>(
     fallback: Option<T>,
     metrics: &Metrics,
 ) -> Result<T, ProxyError> {
-    observe(hook, kind, started, metrics);
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    let elapsed_ms = observe(hook, kind, started, metrics) * 1e3;
     match result {
         Ok(value) => {
             info!(adapter = %hook.name, hook = %kind, elapsed_ms, outcome = "ok", "hook");

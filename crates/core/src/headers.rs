@@ -31,6 +31,15 @@ fn lists_token(value: &HeaderValue, token: &str) -> bool {
 /// Removes hop-by-hop headers (and those the `Connection` header names). For an upgrade,
 /// keeps `Upgrade` and a `Connection: Upgrade` so the next hop switches protocols too.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // The common case, checked in one pass over a few headers: nothing to strip.
+    let present = headers.keys().any(|name| {
+        HOP_BY_HOP.contains(name)
+            || name.as_str() == "keep-alive"
+            || name.as_str() == "proxy-connection"
+    });
+    if !present {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

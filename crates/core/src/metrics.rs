@@ -12,6 +12,7 @@
 //! | `powerstrip_config_reloads_total` | `outcome` (`applied`, `rejected`) |
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,7 +25,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The endpoint patterns that matched, comma-separated, or `(none)`.
-    pub pattern: String,
+    pub pattern: Arc<String>,
     /// The status the client received.
     pub status: u16,
 }
@@ -86,6 +87,10 @@ pub struct Metrics {
     pub events: Family<EventLabels, Counter>,
     /// Configuration reloads.
     pub reloads: Family<OutcomeLabels, Counter>,
+    /// `requests` of unhooked requests by status, resolved once: the hot path.
+    unhooked: Box<[OnceLock<Counter>]>,
+    /// The `(none)` label.
+    none: Arc<String>,
 }
 
 impl Default for Metrics {
@@ -159,11 +164,34 @@ impl Default for Metrics {
             upstream_connect_errors,
             events,
             reloads,
+            unhooked: (0..1000).map(|_| OnceLock::new()).collect(),
+            none: Arc::new("(none)".to_owned()),
         }
     }
 }
 
 impl Metrics {
+    /// Counts one answered request under the patterns that matched (`None`: no hook).
+    pub fn count_request(&self, pattern: Option<Arc<String>>, status: u16) {
+        let labels = |pattern| RequestLabels { pattern, status };
+        match pattern {
+            Some(pattern) => self.requests.get_or_create(&labels(pattern)).inc(),
+            None => match self.unhooked.get(usize::from(status)) {
+                Some(slot) => slot
+                    .get_or_init(|| {
+                        self.requests
+                            .get_or_create(&labels(self.none.clone()))
+                            .clone()
+                    })
+                    .inc(),
+                None => self
+                    .requests
+                    .get_or_create(&labels(self.none.clone()))
+                    .inc(),
+            },
+        };
+    }
+
     /// Everything, in Prometheus' text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -186,13 +214,9 @@ mod tests {
     #[test]
     fn metrics_render_in_the_text_format() {
         let metrics = Metrics::default();
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                pattern: "* *".into(),
-                status: 200,
-            })
-            .inc();
+        metrics.count_request(Some(Arc::new("* *".to_owned())), 200);
+        metrics.count_request(None, 204);
+        metrics.count_request(None, 204);
         metrics
             .hook_duration
             .get_or_create(&HookLabels {

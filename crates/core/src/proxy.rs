@@ -12,6 +12,8 @@
 //!   final `Code`, `ContentType` and `Body` the client receives.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -34,9 +36,9 @@ use crate::body::{ProxyBody, empty, full};
 use crate::chains::{Chains, Hook, Matched, run_post, run_pre, unwind};
 use crate::error::{ProxyError, root_cause};
 use crate::headers::{is_json, is_upgrade, media_type, set_content_length, strip_hop_by_hop};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::Metrics;
 use crate::streaming::is_streaming_endpoint;
-use crate::upstream::Upstream;
+use crate::upstream::{Affinity, Upstream};
 
 /// The largest body handed to hooks by default (request or response), 32 MiB.
 pub const DEFAULT_MAX_HOOK_BODY: usize = 32 << 20;
@@ -140,8 +142,13 @@ impl Proxy {
         &self.sessions
     }
 
-    /// Answers one request. Never fails: every error becomes a Docker-shaped response.
-    pub async fn handle(self: &Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
+    /// Answers one request that arrived on a client connection holding `affinity` (its
+    /// Docker connection). Never fails: every error becomes a Docker-shaped response.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        affinity: &Affinity,
+    ) -> Response<ProxyBody> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let span = info_span!(
             "request",
@@ -159,15 +166,11 @@ impl Proxy {
             let chains = self.chains.load_full();
             let matched = chains.matched(request.method().as_str(), request.uri().path());
             let hooked = !matched.is_empty();
-            let patterns = if hooked {
-                matched.patterns.join(", ")
-            } else {
-                "(none)".to_owned()
-            };
-            if hooked {
-                Span::current().record("patterns", field::display(&patterns));
+            let label = matched.label.clone();
+            if let Some(label) = &label {
+                Span::current().record("patterns", field::display(label));
             }
-            let response = match self.forward(request, &matched).await {
+            let response = match self.forward(request, &matched, affinity).await {
                 Ok(response) => response,
                 Err(err) => {
                     if matches!(err, ProxyError::DockerUnreachable { .. }) {
@@ -179,13 +182,7 @@ impl Proxy {
             };
             let status = response.status().as_u16();
             Span::current().record("status", status);
-            metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    pattern: patterns,
-                    status,
-                })
-                .inc();
+            metrics.count_request(label, status);
             drop(in_flight);
             let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
             if hooked {
@@ -203,6 +200,7 @@ impl Proxy {
         &self,
         mut request: Request<Incoming>,
         matched: &Matched<'_>,
+        affinity: &Affinity,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let upgrade = is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -212,7 +210,7 @@ impl Proxy {
         // The request as Docker receives it, kept for the post-hooks.
         let mut docker_request: Option<ClientRequest> = None;
         // Pre-hooks that ran and want to hear if the request fails.
-        let mut unwinders: &[&Hook] = &[];
+        let mut unwinders: &[Arc<Hook>] = &[];
         let body: ProxyBody = if matched.is_empty() {
             Either::Left(body)
         } else {
@@ -263,7 +261,11 @@ impl Proxy {
         // Kept only when post-hooks may need them, to decide whether the answer is a stream.
         let target =
             (!matched.post.is_empty()).then(|| (parts.method.clone(), parts.uri.path().to_owned()));
-        let mut response = match self.upstream.send(Request::from_parts(parts, body)).await {
+        let mut response = match self
+            .upstream
+            .send_on(affinity, Request::from_parts(parts, body))
+            .await
+        {
             Ok(response) => response,
             Err(err) => {
                 if let Some(request) = docker_request.as_ref().filter(|_| !unwinders.is_empty()) {
@@ -395,12 +397,31 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Serves requests with `proxy` (the shape hyper's `service_fn` wants).
-pub(crate) async fn service(
+/// The service one client connection is served by: the proxy, and the Docker connection
+/// this client connection keeps between its requests.
+pub(crate) struct ConnectionService {
     proxy: Arc<Proxy>,
-    request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(proxy.handle(request).await)
+    affinity: Arc<Affinity>,
+}
+
+impl ConnectionService {
+    pub(crate) fn new(proxy: Arc<Proxy>) -> Self {
+        ConnectionService {
+            proxy,
+            affinity: Arc::new(Affinity::new()),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnectionService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let (proxy, affinity) = (self.proxy.clone(), self.affinity.clone());
+        Box::pin(async move { Ok(proxy.handle(request, &affinity).await) })
+    }
 }
 
 fn classify(headers: &HeaderMap, body: &Incoming) -> RequestBody {

@@ -60,7 +60,8 @@ pub async fn watch_config<F>(
     F: Fn(&Path) -> Result<Chains, ConfigErrors> + Send + Sync,
 {
     let mut last = stamp(&path);
-    let mut ticker = tokio::time::interval(poll);
+    // The first check one period from now: the file as it is now is the one loaded.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let trigger = tokio::select! {
@@ -70,10 +71,11 @@ pub async fn watch_config<F>(
                 if now == last {
                     continue;
                 }
-                last = now;
                 "file changed"
             }
         };
+        // What was just read needs no second reload when the poll sees it.
+        last = stamp(&path);
         reload(&proxy, &path, trigger, &build);
     }
 }

@@ -5,13 +5,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hyper::service::service_fn;
-use powerstrip_adapter::net::{Listener, ServerOptions, serve_http};
+use powerstrip_adapter::net::{Listener, ServerOptions, serve_http_with};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::events::follow_events;
-use crate::proxy::{Proxy, service};
+use crate::proxy::{ConnectionService, Proxy};
 
 /// Serves `proxy` on every listener until `shutdown` resolves, then stops accepting and
 /// lets requests in flight — and upgraded sessions (attach, exec) — finish for up to the
@@ -30,8 +29,13 @@ pub async fn serve(
         let _ = began_tx.send(Instant::now());
     };
     let handler = proxy.clone();
-    let service = service_fn(move |request| service(handler.clone(), request));
-    serve_http(listeners, service, options, shutdown).await;
+    serve_http_with(
+        listeners,
+        move || ConnectionService::new(handler.clone()),
+        options,
+        shutdown,
+    )
+    .await;
     events.abort();
 
     let began = began_rx.await.unwrap_or_else(|_| Instant::now());
