@@ -158,7 +158,8 @@ impl Proxy {
             patterns = field::Empty,
             status = field::Empty,
         );
-        let started = Instant::now();
+        // The clock is read only when the final log line will be written.
+        let started = tracing::enabled!(tracing::Level::INFO).then(Instant::now);
         let metrics = &self.metrics;
         // Counted down on drop, also when the client goes away mid-request.
         let in_flight = InFlight::enter(&metrics.in_flight);
@@ -184,11 +185,13 @@ impl Proxy {
             Span::current().record("status", status);
             metrics.count_request(label, status);
             drop(in_flight);
-            let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-            if hooked {
-                info!(elapsed_ms, "done");
-            } else {
-                debug!(elapsed_ms, "done");
+            if let Some(started) = started {
+                let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+                if hooked {
+                    info!(elapsed_ms, "done");
+                } else {
+                    debug!(elapsed_ms, "done");
+                }
             }
             response
         }
