@@ -20,11 +20,6 @@ use powerstrip_core::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// mimalloc: a proxy allocates many small, short-lived buffers per request; the system
-/// allocator spends noticeably more CPU on them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit status for a configuration or usage error (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 
