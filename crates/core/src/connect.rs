@@ -1,24 +1,24 @@
-//! Outbound connections (to Docker and to HTTP adapters) over unix sockets or TCP, pooled
-//! by hyper-util's client.
+//! Outbound connections (to Docker and to HTTP adapters) over unix sockets, TCP or TLS, and
+//! the small pool of idle HTTP/1.1 connections they are reused from.
 
-use std::future::Future;
+use std::error::Error as StdError;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
-
-/// Where a connector connects, whatever the request URI says: requests carry a
-/// placeholder authority so that one pool serves one target.
+use tracing::debug;
+/// Where connections go.
 #[derive(Clone)]
 pub(crate) enum Target {
     Unix(Arc<PathBuf>),
@@ -41,7 +41,7 @@ impl std::fmt::Debug for Target {
     }
 }
 
-/// A `tower_service::Service<Uri>` that ignores the URI and connects to its [`Target`].
+/// Opens connections to its [`Target`].
 #[derive(Clone, Debug)]
 pub(crate) struct Connector {
     target: Target,
@@ -50,6 +50,29 @@ pub(crate) struct Connector {
 impl Connector {
     pub(crate) fn new(target: Target) -> Self {
         Connector { target }
+    }
+
+    /// A new connection to the target.
+    pub(crate) async fn connect(&self) -> io::Result<Stream> {
+        Ok(match &self.target {
+            Target::Unix(path) => Stream::Unix(UnixStream::connect(path.as_path()).await?),
+            Target::Tcp(address) => {
+                let stream = TcpStream::connect(&**address).await?;
+                stream.set_nodelay(true)?;
+                Stream::Tcp(stream)
+            }
+            Target::Tls {
+                address,
+                server_name,
+                connector,
+            } => {
+                let stream = TcpStream::connect(&**address).await?;
+                stream.set_nodelay(true)?;
+                Stream::Tls(Box::new(
+                    connector.connect(server_name.clone(), stream).await?,
+                ))
+            }
+        })
     }
 }
 
@@ -60,43 +83,111 @@ pub(crate) enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
-        Connected::new()
+/// Why a request could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// No connection could be opened.
+    #[error("{0}")]
+    Connect(#[from] io::Error),
+    /// The connection failed before an answer.
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// Idle HTTP/1.1 connections to one target, reused last-in first-out. An HTTP/1.1
+/// connection carries one request at a time: a connection is taken for a request and given
+/// back once its answer has been read.
+pub(crate) struct Pool<B> {
+    connector: Connector,
+    idle: Mutex<Vec<SendRequest<B>>>,
+    /// The most idle connections kept; more are closed.
+    max_idle: usize,
+}
+
+impl<B> Pool<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    pub(crate) fn new(connector: Connector, max_idle: usize) -> Self {
+        Pool {
+            connector,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    /// Sends `request` on an idle connection, or a new one, and returns the answer (its
+    /// body still to read) with the connection, for [`Pool::release`]. A request that a
+    /// reused connection could not send (the peer closed it while idle) is sent once more
+    /// on a new connection.
+    pub(crate) async fn send(
+        &self,
+        request: Request<B>,
+    ) -> Result<(Response<Incoming>, SendRequest<B>), SendError> {
+        let mut reused = None;
+        while let Some(mut sender) = self.take() {
+            // Ready once the previous answer has been read; an error: closed while idle.
+            if sender.ready().await.is_ok() {
+                reused = Some(sender);
+                break;
+            }
+        }
+        let (mut sender, fresh) = match reused {
+            Some(sender) => (sender, false),
+            None => (self.connect().await?, true),
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok((response, sender)),
+            Err(mut err) => match err.take_message() {
+                Some(request) if !fresh => {
+                    let mut sender = self.connect().await?;
+                    let response = sender.send_request(request).await?;
+                    Ok((response, sender))
+                }
+                _ => Err(SendError::Http(err.into_error())),
+            },
+        }
+    }
+
+    /// Gives a connection back for the next request (closed if it cannot serve one).
+    pub(crate) fn release(&self, sender: SendRequest<B>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.max_idle {
+            idle.push(sender);
+        }
+    }
+
+    fn take(&self) -> Option<SendRequest<B>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
+
+    /// Opens a connection, served by its own task (upgrades allowed).
+    async fn connect(&self) -> Result<SendRequest<B>, SendError> {
+        let io = TokioIo::new(self.connector.connect().await?);
+        let (sender, connection) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                debug!(error = %err, "connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 }
 
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<Stream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let target = self.target.clone();
-        Box::pin(async move {
-            let stream = match target {
-                Target::Unix(path) => Stream::Unix(UnixStream::connect(path.as_path()).await?),
-                Target::Tcp(addr) => {
-                    let stream = TcpStream::connect(&*addr).await?;
-                    stream.set_nodelay(true)?;
-                    Stream::Tcp(stream)
-                }
-                Target::Tls {
-                    address,
-                    server_name,
-                    connector,
-                } => {
-                    let stream = TcpStream::connect(&*address).await?;
-                    stream.set_nodelay(true)?;
-                    Stream::Tls(Box::new(connector.connect(server_name, stream).await?))
-                }
-            };
-            Ok(TokioIo::new(stream))
-        })
+impl<B> std::fmt::Debug for Pool<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("target", &self.connector.target)
+            .field("max_idle", &self.max_idle)
+            .finish_non_exhaustive()
     }
 }
 

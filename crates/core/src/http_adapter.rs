@@ -7,19 +7,20 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
 use powerstrip_adapter::{Adapter, ClientRequest, DockerEvent, HookError, ServerResponse};
 use powerstrip_config::AdapterUrl;
 use powerstrip_protocol::{
     HookCall, ProtocolError, decode_post_answer, decode_pre_answer, encode_call,
 };
 
-use crate::connect::{Connector, Target};
+use crate::connect::{Connector, Pool, Target};
 use crate::error::root_cause;
-use crate::upstream::{placeholder_uri, pooled_client};
 use powerstrip_adapter::tls::client_config;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
+
+/// Idle connections kept per adapter.
+const MAX_IDLE: usize = 64;
 
 /// The longest refusal text passed on to the client from an adapter's non-JSON answer.
 const MAX_MESSAGE_CHARS: usize = 1024;
@@ -35,8 +36,8 @@ pub struct HttpAdapter {
     uri: Uri,
     /// The `Host` header to send (the client leaves `Host` alone).
     host: HeaderValue,
-    /// A keep-alive pool to this adapter alone.
-    client: Client<Connector, Full<Bytes>>,
+    /// Keep-alive connections to this adapter alone.
+    pool: Pool<Full<Bytes>>,
     /// The largest answer read from the adapter.
     max_answer: usize,
 }
@@ -90,9 +91,9 @@ impl HttpAdapter {
             .map_err(|e| HttpAdapterError(format!("bad adapter URL {url}: {e}")))?;
         Ok(HttpAdapter {
             url: url.to_string(),
-            uri: placeholder_uri(&uri),
+            uri,
             host,
-            client: pooled_client(Connector::new(target)),
+            pool: Pool::new(Connector::new(target), MAX_IDLE),
             max_answer,
         })
     }
@@ -109,7 +110,7 @@ impl HttpAdapter {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        let response = self.client.request(request).await.map_err(|err| {
+        let (response, connection) = self.pool.send(request).await.map_err(|err| {
             HookError::failed("could not be reached").with_detail(format!(
                 "cannot reach {}: {}",
                 self.url,
@@ -128,6 +129,7 @@ impl HttpAdapter {
                 ))
             })?
             .to_bytes();
+        self.pool.release(connection);
         if status.is_success() {
             Ok(body)
         } else {

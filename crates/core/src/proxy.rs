@@ -409,10 +409,8 @@ pub(crate) struct ConnectionService {
 
 impl ConnectionService {
     pub(crate) fn new(proxy: Arc<Proxy>) -> Self {
-        ConnectionService {
-            proxy,
-            affinity: Arc::new(Affinity::new()),
-        }
+        let affinity = Arc::new(proxy.upstream().affinity());
+        ConnectionService { proxy, affinity }
     }
 }
 

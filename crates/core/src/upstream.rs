@@ -2,38 +2,36 @@
 //!
 //! Proxied requests use one Docker connection per client connection ([`Affinity`]): an
 //! HTTP/1.1 connection carries one request at a time, so the client's keep-alive
-//! connection and its Docker connection move in step, with no pool to search or lock.
-//! The proxy's own calls (the event follower, `/readyz`) use a small keep-alive pool.
+//! connection and its Docker connection move in step, with nothing to search or share.
+//! The proxy's own calls (the event follower, `/readyz`) use a small pool.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
-use http::{Request, Response, Uri};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tower_service::Service as _;
-use tracing::debug;
-
-use crate::body::ProxyBody;
-use crate::connect::{Connector, Target};
-use crate::error::{ProxyError, root_cause};
 use powerstrip_adapter::net::Address;
 
-/// How long an idle pooled connection to Docker is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+use crate::body::ProxyBody;
+use crate::connect::{Connector, Pool, SendError, Target};
+use crate::error::{ProxyError, root_cause};
+
+/// Idle connections kept for the proxy's own calls.
+const OWN_IDLE: usize = 4;
 
 /// The HTTP/1.1 client for one Docker daemon.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    /// The pool for the proxy's own calls; its connector always dials `address`.
-    client: Client<Connector, ProxyBody>,
-    /// Dials Docker for connections kept by client connections.
+    /// Dials Docker.
     connector: Connector,
+    /// Connections for the proxy's own calls.
+    own: Arc<Pool<ProxyBody>>,
     /// Docker's address, for error messages.
     address: Arc<str>,
 }
+
+/// The Docker connection a client connection keeps between its requests.
+#[derive(Debug)]
+pub struct Affinity(Pool<ProxyBody>);
 
 impl Upstream {
     /// A client for the daemon at `address` (nothing is dialled until the first request).
@@ -42,9 +40,10 @@ impl Upstream {
             Address::Unix(path) => Target::Unix(Arc::new(path.clone())),
             Address::Tcp { host, port } => Target::Tcp(Address::tcp_target(host, *port).into()),
         };
+        let connector = Connector::new(target);
         Upstream {
-            client: pooled_client(Connector::new(target.clone())),
-            connector: Connector::new(target),
+            own: Arc::new(Pool::new(connector.clone(), OWN_IDLE)),
+            connector,
             address: address.to_string().into(),
         }
     }
@@ -52,6 +51,11 @@ impl Upstream {
     /// Docker's address as configured.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// A new, empty affinity for a client connection.
+    pub fn affinity(&self) -> Affinity {
+        Affinity(Pool::new(self.connector.clone(), 1))
     }
 
     /// Sends a request on the Docker connection of the client connection that carries it
@@ -63,137 +67,36 @@ impl Upstream {
         affinity: &Affinity,
         request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let kept = affinity.take();
-        let sender = match kept {
-            // Ready once the previous answer has been read to its end; an error means
-            // Docker closed the connection while it was idle.
-            Some(mut sender) => match sender.ready().await {
-                Ok(()) => Some(sender),
-                Err(_) => None,
-            },
-            None => None,
-        };
-        let (mut sender, fresh) = match sender {
-            Some(sender) => (sender, false),
-            None => (self.connect().await?, true),
-        };
-        let response = match sender.try_send_request(request).await {
-            Ok(response) => response,
-            Err(mut err) => match err.take_message() {
-                // Not sent: the kept connection closed under us. Once more, on a new one.
-                Some(request) if !fresh => {
-                    sender = self.connect().await?;
-                    sender
-                        .send_request(request)
-                        .await
-                        .map_err(|e| self.unreachable(&e))?
-                }
-                _ => return Err(self.unreachable(err.error())),
-            },
-        };
-        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-            affinity.keep(sender);
+        let (response, sender) = affinity
+            .0
+            .send(request)
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // Ready again once this answer has been read: the next request waits for that.
+            affinity.0.release(sender);
         }
         Ok(response)
     }
 
-    /// Opens a connection to Docker, served by its own task.
-    async fn connect(&self) -> Result<SendRequest<ProxyBody>, ProxyError> {
-        let io = self
-            .connector
-            .clone()
-            .call(Uri::from_static("http://upstream/"))
+    /// Sends one of the proxy's own requests (its URI holds only the path and query) and
+    /// returns Docker's answer with the body still streaming. The connection is not reused.
+    pub async fn send(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (response, _) = self
+            .own
+            .send(request)
             .await
             .map_err(|e| self.unreachable(&e))?;
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.with_upgrades().await {
-                debug!(error = %err, "Docker connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(response)
     }
 
-    fn unreachable(&self, err: &(dyn std::error::Error + 'static)) -> ProxyError {
+    fn unreachable(&self, err: &SendError) -> ProxyError {
         ProxyError::DockerUnreachable {
             address: self.address.to_string(),
             reason: root_cause(err),
         }
     }
-
-    /// Sends a request (its URI holds only the path and query) on a pooled connection and
-    /// returns Docker's answer with the body still streaming.
-    pub async fn send(
-        &self,
-        mut request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        *request.uri_mut() = placeholder_uri(request.uri());
-        self.client
-            .request(request)
-            .await
-            .map_err(|err| ProxyError::DockerUnreachable {
-                address: self.address.to_string(),
-                reason: root_cause(&err),
-            })
-    }
-}
-
-/// The Docker connection a client connection keeps between its requests.
-#[derive(Default)]
-pub struct Affinity {
-    /// Idle between requests, taken while one is sent.
-    kept: Mutex<Option<SendRequest<ProxyBody>>>,
-}
-
-impl Affinity {
-    /// None yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn take(&self) -> Option<SendRequest<ProxyBody>> {
-        self.kept
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-    }
-
-    fn keep(&self, sender: SendRequest<ProxyBody>) {
-        *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender);
-    }
-}
-
-impl std::fmt::Debug for Affinity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Affinity").finish_non_exhaustive()
-    }
-}
-
-/// A keep-alive client that leaves the `Host` header as the caller set it.
-pub(crate) fn pooled_client<B>(connector: Connector) -> Client<Connector, B>
-where
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-{
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .set_host(false)
-        .build(connector)
-}
-
-/// The pool keys connections by scheme and authority; the connector ignores both.
-pub(crate) fn placeholder_uri(uri: &Uri) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(http::uri::Authority::from_static("upstream"));
-    // A clone of the parsed target (shared bytes), not a re-parse.
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://upstream/"))
 }
