@@ -89,13 +89,11 @@ async fn follow_once(
     info!(since = %cursor.since(), "following Docker's events");
     let mut body = response.into_body();
     let mut buffer = BytesMut::new();
-    let mut chains = proxy.chains();
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
             _ = proxy.chains_replaced() => {
-                chains = proxy.chains();
-                if chains.subscribers().is_empty() {
+                if proxy.chains().subscribers().is_empty() {
                     return Ok(());
                 }
                 continue;
@@ -115,6 +113,8 @@ async fn follow_once(
             }
             match serde_json::from_slice::<DockerEvent>(line) {
                 Ok(event) if cursor.advance(&event) => {
+                    // The subscriptions in force now, whatever reloads happened meanwhile.
+                    let chains = proxy.chains();
                     for hook in chains.subscribers() {
                         if hook.wants_event(event.kind(), event.action()) {
                             workers.send(proxy, hook, event.clone());
