@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -30,7 +29,7 @@ use powerstrip_testkit::{
     next_chunk,
 };
 use serde_json::{Value, json};
-use support::{IMAGE, ProxyProcess, direct, docker, metric, require_docker};
+use support::{IMAGE, ProxyProcess, direct, docker, eventually, metric, require_docker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -38,22 +37,6 @@ const CREATE: &str = "/v1.41/containers/create";
 
 // ---------------------------------------------------------------------------------------
 // Helpers
-
-/// Polls `check` every 20 ms until it returns `Some`, failing with `what` after `within`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The answer adapters give to unwind and event calls (the body is ignored; 2xx counts).
 fn acknowledgement() -> AdapterReply {

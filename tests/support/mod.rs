@@ -77,47 +77,11 @@ impl ProxyProcess {
 
     /// Like [`ProxyProcess::start`], logging at `filter` (`RUST_LOG`) into [`Self::log`].
     pub fn start_logging(config: Option<&str>, filter: &str) -> ProxyProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("powerstrip.sock");
-        let log = dir.path().join("powerstrip.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_powerstrip"));
-        command
-            .args(["serve", "--listen", &format!("unix://{}", socket.display())])
-            .args(["--docker", &format!("unix://{DOCKER_SOCKET}")])
-            .args(["--admin", "tcp://127.0.0.1:0"])
-            .env("RUST_LOG", filter)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap());
+        let mut options = Self::options().log(filter);
         if let Some(text) = config {
-            let file = dir.path().join("adapters.toml");
-            std::fs::write(&file, text).unwrap();
-            command.arg("--config").arg(file);
+            options = options.config(text);
         }
-        let mut child = command.spawn().unwrap();
-        // The last line it prints names the admin listener.
-        let mut lines =
-            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-        let admin = loop {
-            match lines.next() {
-                Some(Ok(line)) => match line.strip_prefix("# metrics: ") {
-                    Some(url) => break url.trim_end_matches("/metrics").to_owned(),
-                    None => continue,
-                },
-                _ => panic!(
-                    "powerstrip did not start:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                ),
-            }
-        };
-        let proxy = ProxyProcess {
-            child,
-            admin,
-            socket,
-            log,
-            dir,
-        };
-        proxy.wait_ready();
-        proxy
+        options.start().process
     }
 
     /// The admin listener's base URL, `http://127.0.0.1:PORT`.
@@ -807,4 +771,20 @@ pub fn ping_unix(path: &Path) -> bool {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing with `what` after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

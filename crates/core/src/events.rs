@@ -28,8 +28,9 @@ use crate::proxy::Proxy;
 const QUEUE: usize = 1024;
 /// The first wait before reconnecting.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// The longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest wait between reconnection attempts. Docker replays only its last 256
+/// events to a reconnecting follower, so a busy daemon must be rejoined quickly.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Follows Docker's events for as long as the future runs (the server drops it at
 /// shutdown). Idle while no adapter subscribes; picks up subscriptions after a reload.
@@ -51,7 +52,7 @@ pub async fn follow_events(proxy: Arc<Proxy>) {
             }
         }
         // A stream that lasted is a normal end: reconnect soon. One that ends at once,
-        // again and again, backs off rather than spinning.
+        // again and again, backs off (up to a second) rather than spinning.
         if started.elapsed() > MAX_BACKOFF {
             backoff = MIN_BACKOFF;
         }
@@ -156,7 +157,10 @@ impl Cursor {
         )
     }
 
-    /// Records an event; false when it was already delivered.
+    /// Records an event; false when it was already delivered. Docker stamps events before
+    /// queueing them, so concurrent ones can arrive slightly out of order: an event older
+    /// than the latest seen is new (a reconnect asks only for events from the latest on),
+    /// and only one at exactly that instant can be a replay.
     fn advance(&mut self, event: &DockerEvent) -> bool {
         let at = event.time_nano();
         let key = (
@@ -164,15 +168,16 @@ impl Cursor {
             event.action().to_owned(),
             event.actor_id().to_owned(),
         );
-        if at < self.last_nano {
-            // Before where the stream was: replayed.
-            return false;
-        }
         if at > self.last_nano {
             self.last_nano = at;
             self.seen_at_last.clear();
+            self.seen_at_last.insert(key);
+            true
+        } else if at == self.last_nano {
+            self.seen_at_last.insert(key)
+        } else {
+            true
         }
-        self.seen_at_last.insert(key)
     }
 }
 
