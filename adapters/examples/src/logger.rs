@@ -192,6 +192,7 @@ pub fn builtin() -> Builtin {
             Ok(Arc::new(logger))
         },
     )
+    .with_unwind()
     .option(
         "file",
         "path",

@@ -64,6 +64,9 @@ pub struct Builtin {
     options: Vec<OptionDoc>,
     /// Builds an instance from options.
     factory: Factory,
+    /// Whether its adapters implement [`Adapter::unwind`]: the proxy keeps a copy of the
+    /// request for unwinding only for those.
+    unwinds: bool,
 }
 
 /// One documented option of a [`Builtin`].
@@ -90,10 +93,12 @@ impl Builtin {
             summary: summary.into(),
             options: Vec::new(),
             factory: Arc::new(factory),
+            unwinds: false,
         }
     }
 
-    /// A builtin that is this one instance and takes no options (handy in tests).
+    /// A builtin that is this one instance and takes no options (handy in tests). It is
+    /// told of unwinds, in case it implements them.
     pub fn from_adapter(name: impl Into<String>, adapter: impl Adapter) -> Self {
         let adapter: Arc<dyn Adapter> = Arc::new(adapter);
         Builtin::new(name, "an adapter instance", move |options| {
@@ -102,6 +107,20 @@ impl Builtin {
             }
             Ok(adapter.clone())
         })
+        .with_unwind()
+    }
+
+    /// Declares that its adapters implement [`Adapter::unwind`], so the proxy calls it when
+    /// a request they pre-hooked does not take effect. Without it, unwinds are not sent
+    /// (and the proxy keeps no copy of the request to send with them).
+    pub fn with_unwind(mut self) -> Self {
+        self.unwinds = true;
+        self
+    }
+
+    /// Whether its adapters are told of unwinds.
+    pub fn unwinds(&self) -> bool {
+        self.unwinds
     }
 
     /// Documents an option (`default: None` means required).

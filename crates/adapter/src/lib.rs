@@ -106,7 +106,9 @@ pub trait Adapter: Send + Sync + 'static {
     /// here what the pre-hook allocated (an IP address, a dataset lease). `request` is the
     /// request as the chain left it (the one Docker received, when Docker failed); `reason`
     /// says what happened. Best effort: an error is logged, and the client's answer is the
-    /// original failure either way.
+    /// original failure either way. An in-process adapter receives it when its
+    /// [`Builtin`](builtin::Builtin) says so ([`with_unwind`](builtin::Builtin::with_unwind));
+    /// an HTTP one when its configuration has `unwind = true`.
     async fn unwind(&self, request: &ClientRequest, reason: &str) -> Result<(), HookError> {
         let _ = (request, reason);
         Ok(())

@@ -204,8 +204,9 @@ impl Chains {
             };
             let unwind = match &def.kind {
                 AdapterKind::Http { .. } => def.unwind,
-                // In-process adapters always get unwinds; the trait's default ignores them.
-                AdapterKind::Builtin { .. } => true,
+                AdapterKind::Builtin { builtin, .. } => {
+                    builtins.builtins.get(builtin).is_some_and(Builtin::unwinds)
+                }
             };
             hooks.insert(
                 &def.name,
@@ -306,9 +307,9 @@ pub async fn run_pre(
     mut request: ClientRequest,
     metrics: &Metrics,
 ) -> Result<ClientRequest, ProxyError> {
-    // Every adapter must leave these as the client sent them.
+    // Every adapter must leave the method and path as the client sent them.
     let method = request.method.clone();
-    let path = request.path().to_owned();
+    let target = request.request.clone();
     for (i, hook) in hooks.iter().enumerate() {
         let started = Instant::now();
         // The request before this hook: what unwinds receive if the chain stops here,
@@ -322,7 +323,7 @@ pub async fn run_pre(
         };
         let result = call(hook, hook.adapter.pre_hook(request))
             .await
-            .and_then(|modified| check_rewrite(&method, &path, &modified).map(|()| modified));
+            .and_then(|modified| check_rewrite(&method, &target, &modified).map(|()| modified));
         match finish(hook, HookType::PreHook, started, result, fallback, metrics) {
             Ok(modified) => request = modified,
             Err(error) => {
@@ -380,27 +381,30 @@ pub(crate) async fn call<T>(
     future: impl std::future::Future<Output = Result<T, HookError>>,
 ) -> Result<T, HookError> {
     use futures_util::FutureExt as _;
-    match tokio::time::timeout(
-        hook.timeout,
-        std::panic::AssertUnwindSafe(future).catch_unwind(),
-    )
-    .await
-    {
-        Err(_) => Err(HookError::timed_out(format!(
-            "no answer within {}",
-            humanize(hook.timeout)
-        ))),
-        Ok(Err(panic)) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(HookError::failed("internal error")
-                .with_detail(format!("the adapter panicked: {what}")))
-        }
-        Ok(Ok(result)) => result,
-    }
+    let mut future = std::pin::pin!(std::panic::AssertUnwindSafe(future).catch_unwind());
+    // An in-process adapter that answers without waiting needs no timer: poll it once
+    // before arming one.
+    let outcome = match futures_util::poll!(future.as_mut()) {
+        std::task::Poll::Ready(outcome) => outcome,
+        std::task::Poll::Pending => match tokio::time::timeout(hook.timeout, future).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                return Err(HookError::timed_out(format!(
+                    "no answer within {}",
+                    humanize(hook.timeout)
+                )));
+            }
+        },
+    };
+    outcome.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(HookError::failed("internal error")
+            .with_detail(format!("the adapter panicked: {what}")))
+    })
 }
 
 fn outcome_of(error: &HookError) -> &'static str {
@@ -505,7 +509,12 @@ fn adapter_error(hook: &Hook, kind: HookType, error: HookError) -> ProxyError {
 
 /// An adapter may rewrite the query string and the body, never the method or the path:
 /// moving a request to another endpoint would bypass the chains configured for it.
-fn check_rewrite(method: &str, path: &str, after: &ClientRequest) -> Result<(), HookError> {
+fn check_rewrite(method: &str, target: &str, after: &ClientRequest) -> Result<(), HookError> {
+    // The common case: the adapter left the target alone.
+    if after.method == method && after.request == target {
+        return Ok(());
+    }
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
     if after.method != method {
         return Err(HookError::failed(format!(
             "changed the method from {method} to {}; adapters may rewrite only the query string and the body",

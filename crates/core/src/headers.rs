@@ -63,16 +63,32 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// The media type of a `Content-Type` value, lower-cased, without parameters.
-pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
+/// The media type of a `Content-Type` value, without parameters (compare it ignoring
+/// ASCII case).
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let media = value.split(';').next().unwrap_or_default().trim();
-    Some(media.to_ascii_lowercase())
+    Some(value.split(';').next().unwrap_or_default().trim())
 }
 
-/// True for `application/json` (any parameters) and `+json` media types.
+/// True for `application/json` (any parameters) and `+json` media types, in any case.
 pub(crate) fn is_json(media: &str) -> bool {
-    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+    media.eq_ignore_ascii_case("application/json")
+        || (starts_with_ignore_case(media, "application/") && ends_with_ignore_case(media, "+json"))
+}
+
+/// True for `text/*` media types, in any case.
+pub(crate) fn is_text(media: &str) -> bool {
+    starts_with_ignore_case(media, "text/")
+}
+
+fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+    text.len() >= prefix.len()
+        && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
+    text.len() >= suffix.len()
+        && text.as_bytes()[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 /// Sets `Content-Length` for a body the proxy produced (and drops any framing header).
@@ -129,7 +145,8 @@ mod tests {
     #[test]
     fn json_media_types() {
         let h = map(&[("content-type", "Application/JSON; charset=utf-8")]);
-        assert!(is_json(&media_type(&h).unwrap()));
+        assert!(is_json(media_type(&h).unwrap()));
+        assert!(is_text("Text/Plain"));
         assert!(is_json("application/vnd.docker.plugins.v1.2+json"));
         assert!(!is_json("application/x-tar"));
         assert!(!is_json("text/plain"));

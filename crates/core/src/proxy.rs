@@ -35,7 +35,9 @@ use tracing::{Instrument, Span, debug, field, info, info_span, warn};
 use crate::body::{ProxyBody, empty, full};
 use crate::chains::{Chains, Hook, Matched, run_post, run_pre, unwind};
 use crate::error::{ProxyError, root_cause};
-use crate::headers::{is_json, is_upgrade, media_type, set_content_length, strip_hop_by_hop};
+use crate::headers::{
+    is_json, is_text, is_upgrade, media_type, set_content_length, strip_hop_by_hop,
+};
 use crate::metrics::Metrics;
 use crate::streaming::is_streaming_endpoint;
 use crate::upstream::{Affinity, Upstream};
@@ -430,7 +432,7 @@ fn classify(headers: &HeaderMap, body: &Incoming) -> RequestBody {
         return RequestBody::Empty;
     }
     match media_type(headers) {
-        Some(media) if is_json(&media) => RequestBody::Json,
+        Some(media) if is_json(media) => RequestBody::Json,
         _ => RequestBody::Opaque,
     }
 }
@@ -472,7 +474,7 @@ fn post_hookable(
     match media_type(headers) {
         None if body.is_end_stream() => Ok(()),
         None => Err("the response has a body but no content type"),
-        Some(media) if is_json(&media) || media.starts_with("text/") => Ok(()),
+        Some(media) if is_json(media) || is_text(media) => Ok(()),
         Some(_) => Err("the response body is not JSON or text"),
     }
 }

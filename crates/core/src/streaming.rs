@@ -25,10 +25,23 @@ pub(crate) fn strip_version(path: &str) -> &str {
 /// True when Docker answers this endpoint with a stream.
 pub(crate) fn is_streaming_endpoint(method: &Method, path: &str) -> bool {
     let path = strip_version(path);
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // The segments, without allocating; an image name may hold any number of `/`, so a
+    // long path keeps its first and last segments around an elided middle.
+    let mut parts = path.trim_start_matches('/').split('/');
+    let mut buffer = [""; 8];
+    let mut count = 0;
+    for part in parts.by_ref() {
+        if count == buffer.len() {
+            buffer[buffer.len() - 1] = part;
+        } else {
+            buffer[count] = part;
+            count += 1;
+        }
+    }
+    let segments = &buffer[..count];
     let get = *method == Method::GET;
     let post = *method == Method::POST;
-    match segments.as_slice() {
+    match segments {
         ["events"] => get,
         ["build" | "session" | "grpc"] => post,
         ["images", "create" | "load"] => post,
@@ -58,6 +71,8 @@ mod tests {
         assert_eq!(strip_version("/volumes/x"), "/volumes/x");
         assert_eq!(strip_version("/vx/x"), "/vx/x");
         assert_eq!(strip_version("/_ping"), "/_ping");
+        let deep = "/v1.41/images/registry.local:5000/a/b/c/d/e/f/g/push";
+        assert!(is_streaming_endpoint(&Method::POST, deep));
     }
 
     #[test]
