@@ -16,7 +16,8 @@
 //! - [`events`]: follows Docker's `/events` and delivers them to subscribed adapters.
 //! - [`reload`]: applies a changed configuration atomically (SIGHUP, file changes).
 //! - [`metrics`] and [`admin`]: Prometheus metrics, `/healthz`, `/readyz`.
-//! - [`upstream`]: the pooled client to Docker.
+//! - [`upstream`]: the client to Docker: a connection per client connection, and a small
+//!   pool for the proxy's own calls.
 //! - [`error`]: every failure, and the one function that turns it into a Docker-shaped
 //!   response.
 //!

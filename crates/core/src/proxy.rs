@@ -65,7 +65,7 @@ impl Default for Limits {
 /// connection.
 #[derive(Debug)]
 pub struct Proxy {
-    /// The pooled client to Docker.
+    /// The client to Docker.
     upstream: Upstream,
     /// The chains, built from the configuration; replaced whole on reload, so a request
     /// runs entirely under the configuration it started with.
