@@ -310,8 +310,9 @@ pub async fn run_pre(
     // Every adapter must leave the method and path as the client sent them.
     let method = request.method.clone();
     let target = request.request.clone();
+    // One clock read per call: each call starts when the previous one was timed.
+    let mut clock = Instant::now();
     for (i, hook) in hooks.iter().enumerate() {
-        let started = Instant::now();
         // The request before this hook: what unwinds receive if the chain stops here,
         // and what an ignored failure passes on.
         let unwinding = hooks[..i].iter().any(|h| h.unwind);
@@ -324,7 +325,14 @@ pub async fn run_pre(
         let result = call(hook, hook.adapter.pre_hook(request))
             .await
             .and_then(|modified| check_rewrite(&method, &target, &modified).map(|()| modified));
-        match finish(hook, HookType::PreHook, started, result, fallback, metrics) {
+        match finish(
+            hook,
+            HookType::PreHook,
+            &mut clock,
+            result,
+            fallback,
+            metrics,
+        ) {
             Ok(modified) => request = modified,
             Err(error) => {
                 if let Some(before) = before.filter(|_| unwinding) {
@@ -345,13 +353,20 @@ pub async fn run_post(
     mut response: ServerResponse,
     metrics: &Metrics,
 ) -> Result<ServerResponse, ProxyError> {
+    let mut clock = Instant::now();
     for hook in hooks {
-        let started = Instant::now();
         let fallback = (hook.failure == FailurePolicy::Ignore).then(|| response.clone());
         let result = call(hook, hook.adapter.post_hook(request, response))
             .await
             .and_then(|modified| check_response(&modified).map(|()| modified));
-        response = finish(hook, HookType::PostHook, started, result, fallback, metrics)?;
+        response = finish(
+            hook,
+            HookType::PostHook,
+            &mut clock,
+            result,
+            fallback,
+            metrics,
+        )?;
     }
     Ok(response)
 }
@@ -360,9 +375,9 @@ pub async fn run_post(
 /// effort: each call is bounded by its adapter's timeout; failures are logged and counted.
 pub async fn unwind(hooks: &[Arc<Hook>], request: &ClientRequest, reason: &str, metrics: &Metrics) {
     for hook in hooks.iter().rev().filter(|h| h.unwind) {
-        let started = Instant::now();
+        let mut clock = Instant::now();
         let result = call(hook, hook.adapter.unwind(request, reason)).await;
-        observe(hook, HookType::Unwind, started, metrics);
+        observe(hook, HookType::Unwind, &mut clock, metrics);
         match result {
             Ok(()) => info!(adapter = %hook.name, hook = "unwind", reason, outcome = "ok", "hook"),
             Err(error) => {
@@ -415,9 +430,12 @@ fn outcome_of(error: &HookError) -> &'static str {
     }
 }
 
-/// Records how long a call took and returns it, in seconds (one clock read).
-fn observe(hook: &Hook, kind: HookType, started: Instant, metrics: &Metrics) -> f64 {
-    let elapsed = started.elapsed().as_secs_f64();
+/// Records how long a call that started at `clock` took, returns it in seconds and moves
+/// `clock` to now (one clock read).
+fn observe(hook: &Hook, kind: HookType, clock: &mut Instant, metrics: &Metrics) -> f64 {
+    let now = Instant::now();
+    let elapsed = now.duration_since(*clock).as_secs_f64();
+    *clock = now;
     // The histogram handles are resolved once per hook: no label allocation per call.
     let histograms = hook.histograms.get_or_init(|| {
         let get = |kind: HookType| {
@@ -462,12 +480,12 @@ pub(crate) fn count_error(hook: &Hook, kind: HookType, outcome: &'static str, me
 fn finish<T>(
     hook: &Hook,
     kind: HookType,
-    started: Instant,
+    clock: &mut Instant,
     result: Result<T, HookError>,
     fallback: Option<T>,
     metrics: &Metrics,
 ) -> Result<T, ProxyError> {
-    let elapsed_ms = observe(hook, kind, started, metrics) * 1e3;
+    let elapsed_ms = observe(hook, kind, clock, metrics) * 1e3;
     match result {
         Ok(value) => {
             info!(adapter = %hook.name, hook = %kind, elapsed_ms, outcome = "ok", "hook");

@@ -211,62 +211,106 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
+        if matched.is_empty() {
+            // The common path stays small; the hooked one lives in its own allocation.
+            let request = Request::from_parts(parts, Either::Left(body));
+            let response = self.upstream.send_on(affinity, request).await?;
+            return self.relay(response, client_upgrade);
+        }
+        Box::pin(self.forward_hooked(parts, body, client_upgrade, matched, affinity)).await
+    }
 
+    /// Docker's answer as it is: an upgrade spliced both ways, anything else streamed.
+    fn relay(
+        &self,
+        mut response: Response<Incoming>,
+        client_upgrade: Option<OnUpgrade>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::DockerBody(
+                    "Docker switched protocols on a request that did not ask to".into(),
+                ));
+            };
+            let docker_upgrade = hyper::upgrade::on(&mut response);
+            let metrics = self.metrics.clone();
+            self.sessions.spawn(
+                async move {
+                    metrics.sessions.inc();
+                    metrics.sessions_total.inc();
+                    splice(client_upgrade, docker_upgrade).await;
+                    metrics.sessions.dec();
+                }
+                .instrument(Span::current()),
+            );
+            let (mut parts, _) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            return Ok(Response::from_parts(parts, empty()));
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        Ok(Response::from_parts(parts, Either::Left(body)))
+    }
+
+    /// A request with hooks: its JSON body through the pre-hooks, Docker's complete answer
+    /// through the post-hooks, unwinds when it fails.
+    async fn forward_hooked(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        client_upgrade: Option<OnUpgrade>,
+        matched: &Matched<'_>,
+        affinity: &Affinity,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         // The request as Docker receives it, kept for the post-hooks.
         let mut docker_request: Option<ClientRequest> = None;
         // Pre-hooks that ran and want to hear if the request fails.
         let mut unwinders: &[Arc<Hook>] = &[];
-        let body: ProxyBody = if matched.is_empty() {
-            Either::Left(body)
-        } else {
-            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            match classify(&parts.headers, &body) {
-                RequestBody::Opaque => {
-                    if !matched.pre.is_empty() {
-                        debug!("pre-hooks skipped: the request body is not JSON");
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let body: ProxyBody = match classify(&parts.headers, &body) {
+            RequestBody::Opaque => {
+                if !matched.pre.is_empty() {
+                    debug!("pre-hooks skipped: the request body is not JSON");
+                }
+                docker_request = Some(ClientRequest::new(parts.method.as_str(), target, None));
+                Either::Left(body)
+            }
+            kind => {
+                let text = match kind {
+                    RequestBody::Json => Some(self.collect_request(&parts.headers, body).await?),
+                    _ => None,
+                };
+                let original = ClientRequest::new(parts.method.as_str(), target, text);
+                let modified = if matched.pre.is_empty() {
+                    original
+                } else {
+                    let modified = run_pre(&matched.pre, original, &self.metrics).await?;
+                    apply_request(&mut parts.uri, &mut parts.headers, &modified)?;
+                    if matched.pre.iter().any(|h| h.unwinds()) {
+                        unwinders = &matched.pre;
                     }
-                    docker_request = Some(ClientRequest::new(parts.method.as_str(), target, None));
-                    Either::Left(body)
-                }
-                kind => {
-                    let text = match kind {
-                        RequestBody::Json => {
-                            Some(self.collect_request(&parts.headers, body).await?)
-                        }
-                        _ => None,
-                    };
-                    let original = ClientRequest::new(parts.method.as_str(), target, text);
-                    let modified = if matched.pre.is_empty() {
-                        original
-                    } else {
-                        let modified = run_pre(&matched.pre, original, &self.metrics).await?;
-                        apply_request(&mut parts.uri, &mut parts.headers, &modified)?;
-                        if matched.pre.iter().any(|h| h.unwinds()) {
-                            unwinders = &matched.pre;
-                        }
-                        modified
-                    };
-                    // Post-hooks and unwinds need the request as Docker receives it.
-                    let bytes = if matched.post.is_empty() && unwinders.is_empty() {
-                        Bytes::from(modified.body.unwrap_or_default())
-                    } else {
-                        let bytes = modified
-                            .body
-                            .as_deref()
-                            .map(|t| Bytes::copy_from_slice(t.as_bytes()));
-                        docker_request = Some(modified);
-                        bytes.unwrap_or_default()
-                    };
-                    set_content_length(&mut parts.headers, bytes.len());
-                    full(bytes)
-                }
+                    modified
+                };
+                // Post-hooks and unwinds need the request as Docker receives it.
+                let bytes = if matched.post.is_empty() && unwinders.is_empty() {
+                    Bytes::from(modified.body.unwrap_or_default())
+                } else {
+                    let bytes = modified
+                        .body
+                        .as_deref()
+                        .map(|t| Bytes::copy_from_slice(t.as_bytes()));
+                    docker_request = Some(modified);
+                    bytes.unwrap_or_default()
+                };
+                set_content_length(&mut parts.headers, bytes.len());
+                full(bytes)
             }
         };
 
         // Kept only when post-hooks may need them, to decide whether the answer is a stream.
         let target =
             (!matched.post.is_empty()).then(|| (parts.method.clone(), parts.uri.path().to_owned()));
-        let mut response = match self
+        let response = match self
             .upstream
             .send_on(affinity, Request::from_parts(parts, body))
             .await
@@ -286,36 +330,15 @@ impl Proxy {
             unwind(unwinders, request, &reason, &self.metrics).await;
         }
 
+        let (Some(post_request), Some((method, path))) = (docker_request, target) else {
+            return self.relay(response, client_upgrade);
+        };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
-                return Err(ProxyError::DockerBody(
-                    "Docker switched protocols on a request that did not ask to".into(),
-                ));
-            };
-            if !matched.post.is_empty() {
-                debug!("post-hooks skipped: the connection was upgraded");
-            }
-            let docker_upgrade = hyper::upgrade::on(&mut response);
-            let metrics = self.metrics.clone();
-            self.sessions.spawn(
-                async move {
-                    metrics.sessions.inc();
-                    metrics.sessions_total.inc();
-                    splice(client_upgrade, docker_upgrade).await;
-                    metrics.sessions.dec();
-                }
-                .instrument(Span::current()),
-            );
-            let (mut parts, _) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers, true);
-            return Ok(Response::from_parts(parts, empty()));
+            debug!("post-hooks skipped: the connection was upgraded");
+            return self.relay(response, client_upgrade);
         }
-
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
-        let (Some(post_request), Some((method, path))) = (docker_request, target) else {
-            return Ok(Response::from_parts(parts, Either::Left(body)));
-        };
         if let Err(reason) = post_hookable(&method, &path, &parts.headers, &body) {
             debug!("post-hooks skipped: {reason}");
             return Ok(Response::from_parts(parts, Either::Left(body)));
