@@ -1031,6 +1031,186 @@ async fn a_daemon_sending_garbage_is_a_502() {
     );
 }
 
+/// Answers in every framing HTTP/1.1 allows, written byte by byte as a daemon might
+/// (each connection answers once and closes, though the answer offers keep-alive).
+const FRAMINGS: [(&str, &[u8], &str); 6] = [
+    (
+        "chunked, with a chunk extension and a trailer",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\nX-Trailer: y\r\n\r\n",
+        r#"{"a":1}"#,
+    ),
+    (
+        "delimited by the end of the connection",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"until\":\"close\"}",
+        r#"{"until":"close"}"#,
+    ),
+    (
+        "HTTP/1.0 with a length",
+        b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{\"v\":10}",
+        r#"{"v":10}"#,
+    ),
+    (
+        "an interim 100 Continue first",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        "{}",
+    ),
+    (
+        "chunked and a length: chunked wins",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n",
+        "[]",
+    ),
+    (
+        "a length of zero",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n",
+        "",
+    ),
+];
+
+#[tokio::test]
+async fn docker_answers_in_every_framing_reach_the_client_whole() {
+    for (what, raw, body) in FRAMINGS {
+        let docker = FakeDocker::garbage(Bytes::from_static(raw)).await;
+        let proxy = TestProxy::start(&docker.address(), "").await;
+        let r = proxy.client().get("/v1.41/info").await;
+        assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.text());
+        assert_eq!(r.text(), body, "{what}");
+        // Post-hooks receive the same complete body.
+        let seen = FakeAdapter::rewrite_post(|response| response.clone()).await;
+        let hooked = proxy_with_post(&docker, &seen).await;
+        let r = hooked.client().get("/v1.41/info").await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{what}, post-hooked: {}",
+            r.text()
+        );
+        assert_eq!(r.text(), body, "{what}, post-hooked");
+        let Some(HookCall::PostHook {
+            server_response, ..
+        }) = seen.calls().pop()
+        else {
+            panic!("{what}: the post-hook was not called");
+        };
+        assert_eq!(server_response.body.unwrap_or_default(), body, "{what}");
+    }
+}
+
+async fn proxy_with_post(docker: &FakeDocker, adapter: &FakeAdapter) -> TestProxy {
+    proxy(
+        docker,
+        &[("seen", adapter)],
+        &[("GET /*/info", &[], &["seen"])],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn broken_docker_framing_is_a_502_or_a_cut_stream_never_a_short_answer() {
+    // Broken before the body: the client gets a Docker-shaped 502.
+    for raw in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Le",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: tcp\r\n\r\n",
+    ] {
+        let docker = FakeDocker::garbage(Bytes::from_static(raw)).await;
+        let proxy = TestProxy::start(&docker.address(), "").await;
+        let r = proxy.client().get("/v1.41/info").await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_GATEWAY,
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
+        assert!(r.message().contains("Docker"), "{}", r.message());
+        assert_still_serving_through(&proxy).await;
+    }
+    // Broken within the body: the client must not take what arrived for the whole.
+    for raw in [
+        &b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n[1,"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n[1,\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n[1,",
+    ] {
+        let docker = FakeDocker::garbage(Bytes::from_static(raw)).await;
+        let proxy = TestProxy::start(&docker.address(), "").await;
+        let request = Request::get("/v1.41/info").body(Full::new(Bytes::new())).unwrap();
+        let result = proxy.client().try_send(request).await;
+        assert!(
+            result.is_err(),
+            "{}: the client got a complete answer: {:?}",
+            String::from_utf8_lossy(raw),
+            result.map(|r| r.text())
+        );
+        // And with a post-hook, whose body would be cut: a 502.
+        let seen = FakeAdapter::rewrite_post(|response| response.clone()).await;
+        let hooked = proxy_with_post(&docker, &seen).await;
+        let r = hooked.client().get("/v1.41/info").await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", String::from_utf8_lossy(raw));
+        assert_eq!(seen.call_count(), 0);
+    }
+}
+
+/// A request to an endpoint the garbage daemon of a test answers in any case.
+async fn assert_still_serving_through(proxy: &TestProxy) {
+    let r = proxy.client().get("/v1.41/version").await;
+    assert!(
+        r.status.is_server_error() || r.status.is_success(),
+        "{}",
+        r.status
+    );
+}
+
+#[tokio::test]
+async fn a_docker_connection_closed_while_idle_is_replaced_unseen() {
+    // The daemon closes every connection after one answer, though each answer offers
+    // keep-alive: as dockerd's connections do when it restarts between two requests of one
+    // client connection.
+    let docker = FakeDocker::garbage(Bytes::from_static(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    ))
+    .await;
+    let proxy = TestProxy::start(&docker.address(), "").await;
+    let path = proxy.address().trim_start_matches("unix://").to_owned();
+    let mut client = tokio::net::UnixStream::connect(&path).await.unwrap();
+    for (i, request) in [
+        "GET /v1.41/info HTTP/1.1\r\nHost: docker\r\n\r\n",
+        "GET /v1.41/info HTTP/1.1\r\nHost: docker\r\n\r\n",
+        "HEAD /v1.41/info HTTP/1.1\r\nHost: docker\r\n\r\n",
+        "POST /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Let the daemon's close arrive before the next request.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        let head_end = loop {
+            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("request {i}: no answer"))
+                .unwrap();
+            assert!(n > 0, "request {i}: the proxy closed the client connection");
+            answer.extend_from_slice(&buf[..n]);
+            if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+        };
+        let text = String::from_utf8_lossy(&answer).to_string();
+        assert!(text.starts_with("HTTP/1.1 200"), "request {i}: {text}");
+        if !request.starts_with("HEAD") {
+            while answer.len() < head_end + 2 {
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "request {i}: body cut");
+                answer.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(&answer[head_end..], b"{}", "request {i}");
+        }
+    }
+    // Every request took a new Docker connection: the idle ones were found closed.
+    assert_eq!(docker.connections(), 4);
+}
+
 #[tokio::test]
 async fn an_adapter_served_on_a_unix_socket_is_reachable() {
     use powerstrip_adapter::net::{Address, Listener};

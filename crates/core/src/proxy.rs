@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Either, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -213,7 +213,7 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers, upgrade);
         if matched.is_empty() {
             // The common path stays small; the hooked one lives in its own allocation.
-            let request = Request::from_parts(parts, Either::Left(body));
+            let request = Request::from_parts(parts, ProxyBody::Stream(body));
             let response = self.upstream.send_on(affinity, request).await?;
             return self.relay(response, client_upgrade);
         }
@@ -223,7 +223,7 @@ impl Proxy {
     /// Docker's answer as it is: an upgrade spliced both ways, anything else streamed.
     fn relay(
         &self,
-        mut response: Response<Incoming>,
+        mut response: Response<ProxyBody>,
         client_upgrade: Option<OnUpgrade>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -249,7 +249,7 @@ impl Proxy {
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
-        Ok(Response::from_parts(parts, Either::Left(body)))
+        Ok(Response::from_parts(parts, body))
     }
 
     /// A request with hooks: its JSON body through the pre-hooks, Docker's complete answer
@@ -273,7 +273,7 @@ impl Proxy {
                     debug!("pre-hooks skipped: the request body is not JSON");
                 }
                 docker_request = Some(ClientRequest::new(parts.method.as_str(), target, None));
-                Either::Left(body)
+                ProxyBody::Stream(body)
             }
             kind => {
                 let text = match kind {
@@ -341,7 +341,7 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers, false);
         if let Err(reason) = post_hookable(&method, &path, &parts.headers, &body) {
             debug!("post-hooks skipped: {reason}");
-            return Ok(Response::from_parts(parts, Either::Left(body)));
+            return Ok(Response::from_parts(parts, body));
         }
 
         let server_response = ServerResponse {
@@ -391,7 +391,7 @@ impl Proxy {
     }
 
     /// Collects Docker's answer for the post-hooks (`None` when it has no body).
-    async fn collect_response(&self, body: Incoming) -> Result<Option<String>, ProxyError> {
+    async fn collect_response(&self, body: ProxyBody) -> Result<Option<String>, ProxyError> {
         let limit = self.limits.max_hook_body;
         let bytes = match Limited::new(body, limit).collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -489,7 +489,7 @@ fn post_hookable(
     method: &http::Method,
     path: &str,
     headers: &HeaderMap,
-    body: &Incoming,
+    body: &ProxyBody,
 ) -> Result<(), &'static str> {
     if is_streaming_endpoint(method, path) {
         return Err("Docker streams this endpoint's response");

@@ -3,17 +3,29 @@
 //! Proxied requests use one Docker connection per client connection ([`Affinity`]): an
 //! HTTP/1.1 connection carries one request at a time, so the client's keep-alive
 //! connection and its Docker connection move in step, with nothing to search or share.
-//! The proxy's own calls (the event follower, `/readyz`) use a small pool.
+//! A request whose body is in memory or small (nearly all of Docker's API) is exchanged by
+//! the lean client in `h1`, by the task serving the client; uploads of unknown or large
+//! size and upgrades (attach, exec) by hyper's client, which writes a body while it reads
+//! the answer. The proxy's own calls (the event follower, `/readyz`) use a small pool.
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use powerstrip_adapter::net::Address;
 
 use crate::body::ProxyBody;
 use crate::connect::{Connector, Pool, SendError, Target};
 use crate::error::{ProxyError, root_cause};
+use crate::h1::{self, H1Error, Slot};
+use crate::headers::is_upgrade;
+
+/// The largest request body read into memory before it is sent, so that the request goes
+/// through the lean client; bigger uploads stream through hyper's.
+const MAX_BUFFERED_UPLOAD: u64 = 64 * 1024;
 
 /// Idle connections kept for the proxy's own calls.
 const OWN_IDLE: usize = 4;
@@ -29,9 +41,13 @@ pub struct Upstream {
     address: Arc<str>,
 }
 
-/// The Docker connection a client connection keeps between its requests.
+/// The Docker connections a client connection keeps between its requests: one for the
+/// lean client, one for hyper's (used only by uploads).
 #[derive(Debug)]
-pub struct Affinity(Pool<ProxyBody>);
+pub struct Affinity {
+    lean: Arc<Slot>,
+    streaming: Pool<ProxyBody>,
+}
 
 impl Upstream {
     /// A client for the daemon at `address` (nothing is dialled until the first request).
@@ -55,7 +71,10 @@ impl Upstream {
 
     /// A new, empty affinity for a client connection.
     pub fn affinity(&self) -> Affinity {
-        Affinity(Pool::new(self.connector.clone(), 1))
+        Affinity {
+            lean: Arc::default(),
+            streaming: Pool::new(self.connector.clone(), 1),
+        }
     }
 
     /// Sends a request on the Docker connection of the client connection that carries it
@@ -66,17 +85,75 @@ impl Upstream {
         &self,
         affinity: &Affinity,
         request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, body) = request.into_parts();
+        let in_memory = match body {
+            ProxyBody::Bytes(body) => Some(collected(body).await),
+            ProxyBody::Stream(body) if is_upgrade(&parts.headers) => {
+                return self
+                    .send_streaming(
+                        affinity,
+                        Request::from_parts(parts, ProxyBody::Stream(body)),
+                    )
+                    .await;
+            }
+            ProxyBody::Stream(body) if body.is_end_stream() => Some(Bytes::new()),
+            ProxyBody::Stream(body)
+                if body
+                    .size_hint()
+                    .exact()
+                    .is_some_and(|n| n <= MAX_BUFFERED_UPLOAD) =>
+            {
+                Some(
+                    body.collect()
+                        .await
+                        .map_err(|err| {
+                            ProxyError::BadRequestBody(format!(
+                                "could not read it: {}",
+                                root_cause(&err)
+                            ))
+                        })?
+                        .to_bytes(),
+                )
+            }
+            body => {
+                return self
+                    .send_streaming(affinity, Request::from_parts(parts, body))
+                    .await;
+            }
+        };
+        let body = in_memory.unwrap_or_default();
+        if is_upgrade(&parts.headers) {
+            return self
+                .send_streaming(
+                    affinity,
+                    Request::from_parts(parts, crate::body::full(body)),
+                )
+                .await;
+        }
+        let response = h1::send(&affinity.lean, &self.connector, &parts, body)
+            .await
+            .map_err(|e| self.lean_failed(&e))?;
+        Ok(response.map(ProxyBody::Docker))
+    }
+
+    /// Sends a request through hyper's client, which streams the body while it reads the
+    /// answer, and handles upgrades.
+    async fn send_streaming(
+        &self,
+        affinity: &Affinity,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let (response, sender) = affinity
-            .0
+            .streaming
             .send(request)
             .await
             .map_err(|e| self.unreachable(&e))?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             // Ready again once this answer has been read: the next request waits for that.
-            affinity.0.release(sender);
+            affinity.streaming.release(sender);
         }
-        Ok(response)
+        Ok(response.map(ProxyBody::Stream))
     }
 
     /// Sends one of the proxy's own requests (its URI holds only the path and query) and
@@ -93,10 +170,25 @@ impl Upstream {
         Ok(response)
     }
 
+    fn lean_failed(&self, err: &H1Error) -> ProxyError {
+        ProxyError::DockerUnreachable {
+            address: self.address.to_string(),
+            reason: root_cause(err),
+        }
+    }
+
     fn unreachable(&self, err: &SendError) -> ProxyError {
         ProxyError::DockerUnreachable {
             address: self.address.to_string(),
             reason: root_cause(err),
         }
+    }
+}
+
+/// The bytes of a body the proxy produced.
+async fn collected(body: http_body_util::Full<Bytes>) -> Bytes {
+    match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
     }
 }

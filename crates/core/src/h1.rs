@@ -1,0 +1,643 @@
+//! A lean HTTP/1.1 client for the common exchange with Docker: a request whose body is in
+//! memory (none, a small upload, or what the pre-hooks produced), sent on the Docker
+//! connection its client connection keeps, and an answer read from that connection as the
+//! client reads it.
+//!
+//! hyper's client runs each connection as a task of its own and talks to it through
+//! channels; for a request that takes a few microseconds end to end, that hand-off costs
+//! more than the parsing. Here the request is written and the answer read by the task that
+//! serves the client. Uploads of unknown or large size and upgrades (attach, exec) still go
+//! through hyper's client, which writes a body and reads an answer at the same time.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::poll_read_buf;
+use tracing::debug;
+
+use crate::connect::{Connector, Stream};
+
+/// The largest response head read (status line and headers).
+const MAX_HEAD: usize = 64 * 1024;
+/// The most response headers parsed (hyper's default too).
+const MAX_HEADERS: usize = 100;
+/// The largest chunk-size line (with extensions) or trailer line accepted.
+const MAX_LINE: usize = 4096;
+/// The read buffer's first size: a whole small answer in one read.
+const FIRST_READ: usize = 8 * 1024;
+/// The most read at once while a large body streams.
+const STREAM_READ: usize = 256 * 1024;
+
+/// Why an exchange with Docker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    /// Reading or writing the connection failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// Docker closed the connection before a complete answer.
+    #[error("the connection closed before a complete response")]
+    Closed,
+    /// Docker's answer is not valid HTTP/1.1.
+    #[error("invalid response: {0}")]
+    Invalid(String),
+}
+
+/// One connection to Docker with the bytes read from it but not yet used.
+pub(crate) struct Conn {
+    io: Stream,
+    buf: BytesMut,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a client connection keeps its idle Docker connection between requests.
+#[derive(Debug, Default)]
+pub(crate) struct Slot(Mutex<Option<Conn>>);
+
+impl Slot {
+    fn take(&self) -> Option<Conn> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn put(&self, conn: Conn) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+    }
+}
+
+/// Sends a request whose body is `body` on the slot's idle connection (or a new one) and
+/// returns the answer, its body still to read. The connection goes back to the slot once
+/// the body has been read to its end, if Docker keeps it open.
+///
+/// A request that an idle connection could not carry because Docker had closed it (the
+/// write failed, or — for `GET` and `HEAD` — it ended before any answer) is sent once more
+/// on a new connection.
+pub(crate) async fn send(
+    slot: &Arc<Slot>,
+    connector: &Connector,
+    head: &http::request::Parts,
+    body: Bytes,
+) -> Result<Response<UpstreamBody>, H1Error> {
+    let mut out = Vec::with_capacity(256 + body.len());
+    encode_head(head, body.len(), &mut out);
+    out.extend_from_slice(&body);
+    let head_only = head.method == Method::HEAD;
+    if let Some(conn) = slot.take() {
+        match exchange(conn, &out, head_only).await {
+            Ok((response, reading)) => return Ok(respond(response, reading, slot)),
+            Err(failure) if failure.nothing_sent || (failure.nothing_read && idempotent(head)) => {
+                debug!(error = %failure.error, "idle Docker connection was closed; opening a new one");
+            }
+            Err(failure) => return Err(failure.error),
+        }
+    }
+    let conn = Conn {
+        io: connector.connect().await?,
+        buf: BytesMut::with_capacity(FIRST_READ),
+    };
+    match exchange(conn, &out, head_only).await {
+        Ok((response, reading)) => Ok(respond(response, reading, slot)),
+        Err(failure) => Err(failure.error),
+    }
+}
+
+fn idempotent(head: &http::request::Parts) -> bool {
+    head.method == Method::GET || head.method == Method::HEAD
+}
+
+fn respond(response: Response<()>, reading: Reading, slot: &Arc<Slot>) -> Response<UpstreamBody> {
+    let mut body = UpstreamBody {
+        reading: Some(reading),
+        slot: slot.clone(),
+    };
+    if body.reading.as_ref().is_some_and(Reading::done) {
+        body.finish();
+    }
+    response.map(|()| body)
+}
+
+/// An exchange that failed, and how far it got.
+struct Failure {
+    error: H1Error,
+    /// The request could not be written.
+    nothing_sent: bool,
+    /// Not one byte of an answer arrived.
+    nothing_read: bool,
+}
+
+/// Writes the request and reads the answer's head.
+async fn exchange(
+    mut conn: Conn,
+    request: &[u8],
+    head_only: bool,
+) -> Result<(Response<()>, Reading), Failure> {
+    let written = async {
+        conn.io.write_all(request).await?;
+        conn.io.flush().await
+    };
+    if let Err(error) = written.await {
+        return Err(Failure {
+            error: error.into(),
+            nothing_sent: true,
+            nothing_read: true,
+        });
+    }
+    let mut read_any = !conn.buf.is_empty();
+    loop {
+        match parse_head(&mut conn.buf, head_only) {
+            Ok(Some((response, framing, keep_alive))) => {
+                return Ok((
+                    response,
+                    Reading {
+                        conn,
+                        framing,
+                        keep_alive,
+                    },
+                ));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                return Err(Failure {
+                    error,
+                    nothing_sent: false,
+                    nothing_read: false,
+                });
+            }
+        }
+        if conn.buf.len() >= MAX_HEAD {
+            return Err(Failure {
+                error: H1Error::Invalid(format!("response head larger than {MAX_HEAD} bytes")),
+                nothing_sent: false,
+                nothing_read: false,
+            });
+        }
+        conn.buf.reserve(FIRST_READ);
+        match tokio_util::io::read_buf(&mut conn.io, &mut conn.buf).await {
+            Ok(0) => {
+                return Err(Failure {
+                    error: H1Error::Closed,
+                    nothing_sent: false,
+                    nothing_read: !read_any,
+                });
+            }
+            Ok(_) => read_any = true,
+            Err(error) => {
+                return Err(Failure {
+                    error: error.into(),
+                    nothing_sent: false,
+                    nothing_read: !read_any,
+                });
+            }
+        }
+    }
+}
+
+/// Writes the request line and headers. The body is in memory, so its length is known:
+/// `Content-Length` is set to it (added only when there is a body or the client sent one).
+fn encode_head(head: &http::request::Parts, body_len: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut length_sent = false;
+    for (name, value) in &head.headers {
+        if name == header::CONTENT_LENGTH {
+            if length_sent {
+                continue;
+            }
+            length_sent = true;
+            write_length(body_len, out);
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !length_sent && body_len > 0 {
+        write_length(body_len, out);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_length(len: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the answer's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked transfer coding, at this point of a chunk.
+    Chunked(Chunk),
+    /// Until Docker closes the connection.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// This many bytes of chunk data are left.
+    Data(u64),
+    /// The CRLF after a chunk's data is next.
+    DataEnd,
+    /// Trailer lines, up to an empty one, are next.
+    Trailers,
+}
+
+/// Parses a complete response head at the start of `buf` (skipping interim `1xx` answers)
+/// and consumes it; `None` when more bytes are needed.
+#[allow(clippy::type_complexity)]
+fn parse_head(
+    buf: &mut BytesMut,
+    head_only: bool,
+) -> Result<Option<(Response<()>, Framing, bool)>, H1Error> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let len = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(err) => return Err(H1Error::Invalid(err.to_string())),
+        };
+        let code = parsed.code.unwrap_or_default();
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| H1Error::Invalid(format!("status code {code}")))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(H1Error::Invalid(
+                "Docker switched protocols on a request that did not ask to".into(),
+            ));
+        }
+        if status.is_informational() {
+            buf.advance(len);
+            continue;
+        }
+        let http10 = parsed.version == Some(0);
+        let mut map = HeaderMap::with_capacity(parsed.headers.len());
+        for h in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| H1Error::Invalid(format!("header name {:?}", h.name)))?;
+            let value = HeaderValue::from_bytes(h.value)
+                .map_err(|_| H1Error::Invalid(format!("value of header {:?}", h.name)))?;
+            map.append(name, value);
+        }
+        buf.advance(len);
+        let mut keep_alive = !http10;
+        for value in map.get_all(header::CONNECTION) {
+            for token in value.to_str().unwrap_or_default().split(',') {
+                let token = token.trim();
+                if token.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") && http10 {
+                    keep_alive = true;
+                }
+            }
+        }
+        let framing = framing(status, &map, head_only)?;
+        if map.contains_key(header::TRANSFER_ENCODING) {
+            // A length next to a transfer coding is wrong and must not be passed on
+            // (RFC 9112 §6.3): the client would wait for bytes that never come.
+            map.remove(header::CONTENT_LENGTH);
+        }
+        if framing == Framing::Close {
+            keep_alive = false;
+        }
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = if http10 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        *response.headers_mut() = map;
+        return Ok(Some((response, framing, keep_alive)));
+    }
+}
+
+/// The body's framing (RFC 9112 §6.3).
+fn framing(status: StatusCode, headers: &HeaderMap, head_only: bool) -> Result<Framing, H1Error> {
+    if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Length(0));
+    }
+    let codings: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if let Some(last) = codings.last() {
+        let chunked_last = last
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked_last {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::Close
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.to_str().unwrap_or("x").split(',') {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| H1Error::Invalid(format!("Content-Length {value:?}")))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::Invalid("conflicting Content-Length values".into()));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+/// The state of an answer's body being read.
+struct Reading {
+    conn: Conn,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl Reading {
+    fn done(&self) -> bool {
+        self.framing == Framing::Length(0)
+    }
+
+    /// Reads more into the buffer; `Ok(false)` at the end of the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<bool>> {
+        let want = usize::try_from(want).unwrap_or(STREAM_READ);
+        if self.conn.buf.capacity() - self.conn.buf.len() < want.min(FIRST_READ) {
+            self.conn.buf.reserve(want.clamp(FIRST_READ, STREAM_READ));
+        }
+        let n = ready!(poll_read_buf(
+            Pin::new(&mut self.conn.io),
+            cx,
+            &mut self.conn.buf
+        ))?;
+        Poll::Ready(Ok(n > 0))
+    }
+
+    /// The next data frame, `None` at the end of the body.
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, H1Error>>> {
+        loop {
+            match self.framing {
+                Framing::Length(0) => return Poll::Ready(None),
+                Framing::Length(left) => {
+                    if let Some(data) = take(&mut self.conn.buf, left) {
+                        self.framing = Framing::Length(left - data.len() as u64);
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    if !ready!(self.poll_fill(cx, left))? {
+                        return Poll::Ready(Some(Err(H1Error::Closed)));
+                    }
+                }
+                Framing::Close => {
+                    if let Some(data) = take(&mut self.conn.buf, u64::MAX) {
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    if !ready!(self.poll_fill(cx, STREAM_READ as u64))? {
+                        self.framing = Framing::Length(0);
+                        return Poll::Ready(None);
+                    }
+                }
+                Framing::Chunked(Chunk::Data(left)) => {
+                    if let Some(data) = take(&mut self.conn.buf, left) {
+                        let left = left - data.len() as u64;
+                        self.framing = Framing::Chunked(if left == 0 {
+                            Chunk::DataEnd
+                        } else {
+                            Chunk::Data(left)
+                        });
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    if !ready!(self.poll_fill(cx, left))? {
+                        return Poll::Ready(Some(Err(H1Error::Closed)));
+                    }
+                }
+                Framing::Chunked(chunk) => {
+                    let buf = &self.conn.buf[..];
+                    let step = match chunk {
+                        Chunk::Size => match httparse::parse_chunk_size(buf) {
+                            Ok(httparse::Status::Complete((used, 0))) => {
+                                Some((used, Chunk::Trailers))
+                            }
+                            Ok(httparse::Status::Complete((used, size))) => {
+                                Some((used, Chunk::Data(size)))
+                            }
+                            Ok(httparse::Status::Partial) => None,
+                            Err(_) => {
+                                return Poll::Ready(Some(Err(H1Error::Invalid(
+                                    "bad chunk size line".into(),
+                                ))));
+                            }
+                        },
+                        Chunk::DataEnd => match buf {
+                            [b'\r', b'\n', ..] => Some((2, Chunk::Size)),
+                            [] | [b'\r'] => None,
+                            _ => {
+                                return Poll::Ready(Some(Err(H1Error::Invalid(
+                                    "chunk data longer than its size".into(),
+                                ))));
+                            }
+                        },
+                        Chunk::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
+                            // The empty line ends the body; trailer fields are dropped.
+                            Some(0) => {
+                                self.conn.buf.advance(2);
+                                self.framing = Framing::Length(0);
+                                return Poll::Ready(None);
+                            }
+                            Some(line) => Some((line + 2, Chunk::Trailers)),
+                            None => None,
+                        },
+                        Chunk::Data(_) => None,
+                    };
+                    match step {
+                        Some((used, next)) => {
+                            self.conn.buf.advance(used);
+                            self.framing = Framing::Chunked(next);
+                        }
+                        None => {
+                            if self.conn.buf.len() > MAX_LINE {
+                                return Poll::Ready(Some(Err(H1Error::Invalid(
+                                    "chunk size or trailer line too long".into(),
+                                ))));
+                            }
+                            if !ready!(self.poll_fill(cx, FIRST_READ as u64))? {
+                                return Poll::Ready(Some(Err(H1Error::Closed)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Up to `max` buffered bytes, `None` when nothing is buffered.
+fn take(buf: &mut BytesMut, max: u64) -> Option<Bytes> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = usize::try_from(max).map_or(buf.len(), |max| max.min(buf.len()));
+    Some(buf.split_to(n).freeze())
+}
+
+/// The body of an answer from Docker, read from the connection as it is polled. Once read
+/// to its end, the connection returns to its client connection's slot for the next
+/// request; dropped before that, it closes the connection.
+pub struct UpstreamBody {
+    reading: Option<Reading>,
+    slot: Arc<Slot>,
+}
+
+impl fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("framing", &self.reading.as_ref().map(|r| r.framing))
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    /// The body is complete: keep the connection if it can carry the next request.
+    fn finish(&mut self) {
+        if let Some(reading) = self.reading.take()
+            && reading.keep_alive
+            && reading.conn.buf.is_empty()
+        {
+            self.slot.put(reading.conn);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = self.get_mut();
+        let Some(reading) = this.reading.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(reading.poll_data(cx)) {
+            Some(Ok(data)) => {
+                if reading.done() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Some(Err(err)) => {
+                this.reading = None;
+                Poll::Ready(Some(Err(err)))
+            }
+            None => {
+                this.finish();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.reading.as_ref().is_none_or(Reading::done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.reading.as_ref().map(|r| r.framing) {
+            None => SizeHint::with_exact(0),
+            Some(Framing::Length(left)) => SizeHint::with_exact(left),
+            Some(_) => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8]) -> Result<Option<(Response<()>, Framing, bool)>, H1Error> {
+        parse_head(&mut BytesMut::from(bytes), false)
+    }
+
+    #[test]
+    fn framing_follows_the_rfc() {
+        let (r, f, k) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.status().as_u16(), f, k), (200, Framing::Length(5), true));
+        let (_, f, _) =
+            head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(f, Framing::Chunked(Chunk::Size));
+        let (_, f, k) = head(b"HTTP/1.1 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!((f, k), (Framing::Close, false));
+        let (_, f, k) = head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((f, k), (Framing::Length(0), false));
+        let (_, _, k) = head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!k);
+        let (r, f, _) = head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.status().as_u16(), f), (204, Framing::Length(0)));
+        assert!(
+            head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n")
+                .unwrap()
+                .is_none()
+        );
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n").is_err());
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
+        assert!(head(b"NOT HTTP AT ALL\r\n\r\n").is_err());
+        assert!(head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn request_heads_carry_the_real_length() {
+        let (mut parts, ()) = http::Request::post("/v1.41/containers/create?name=x")
+            .header("host", "docker")
+            .header("content-length", "999")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = Vec::new();
+        encode_head(&parts, 12, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /v1.41/containers/create?name=x HTTP/1.1\r\nhost: docker\r\ncontent-length: 12\r\n\r\n"
+        );
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.method = Method::GET;
+        let mut out = Vec::new();
+        encode_head(&parts, 0, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /v1.41/containers/create?name=x HTTP/1.1\r\nhost: docker\r\n\r\n"
+        );
+    }
+}
