@@ -426,7 +426,7 @@ def start_proxies(phase: str, names: list[str], upstream: Path, tmp: Path, bins:
             binary = bins["powerstrip"]
             argv = [binary, "serve", "--listen", f"unix://{sock}", "--docker", f"unix://{upstream}",
                     "--config", str(cfg)]
-            if kind != "inproc" and has_admin_flag(binary):
+            if has_admin_flag(binary):
                 # The admin listener (metrics, health) stays on, as in production, but on a
                 # unix socket of its own: its default is a fixed TCP port that several
                 # instances cannot share.

@@ -7,7 +7,9 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::metrics::histogram::Histogram;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use quanta::Instant;
 
 use powerstrip_adapter::builtin::Builtin;
 use powerstrip_adapter::{Adapter, ClientRequest, HookError, HookErrorKind, ServerResponse};
@@ -304,12 +306,23 @@ impl Chains {
 /// that had already run are unwound (see [`unwind`]).
 pub async fn run_pre(
     hooks: &[Arc<Hook>],
-    mut request: ClientRequest,
+    request: ClientRequest,
     metrics: &Metrics,
 ) -> Result<ClientRequest, ProxyError> {
-    // Every adapter must leave the method and path as the client sent them.
     let method = request.method.clone();
     let target = request.request.clone();
+    run_pre_as(hooks, request, &method, &target, metrics).await
+}
+
+/// [`run_pre`] for a request the client sent as `method` and `target` (which every adapter
+/// must leave as they are, but for the query string).
+pub(crate) async fn run_pre_as(
+    hooks: &[Arc<Hook>],
+    mut request: ClientRequest,
+    method: &str,
+    target: &str,
+    metrics: &Metrics,
+) -> Result<ClientRequest, ProxyError> {
     // One clock read per call: each call starts when the previous one was timed.
     let mut clock = Instant::now();
     for (i, hook) in hooks.iter().enumerate() {
@@ -324,7 +337,7 @@ pub async fn run_pre(
         };
         let result = call(hook, hook.adapter.pre_hook(request))
             .await
-            .and_then(|modified| check_rewrite(&method, &target, &modified).map(|()| modified));
+            .and_then(|modified| check_rewrite(method, target, &modified).map(|()| modified));
         match finish(
             hook,
             HookType::PreHook,
@@ -562,11 +575,18 @@ fn check_response(response: &ServerResponse) -> Result<(), HookError> {
             response.code
         )));
     }
-    if http::HeaderValue::from_str(&response.content_type).is_err() {
+    if !is_header_value(&response.content_type) {
         return Err(HookError::failed(format!(
             "answered an invalid ContentType {:?}",
             response.content_type
         )));
     }
     Ok(())
+}
+
+/// True when `text` may be a header value as it is (what `HeaderValue::from_str` accepts:
+/// visible ASCII, spaces and tabs), checked without building one.
+pub(crate) fn is_header_value(text: &str) -> bool {
+    text.bytes()
+        .all(|b| (b' '..0x7f).contains(&b) || b == b'\t')
 }

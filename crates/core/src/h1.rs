@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
@@ -33,8 +34,12 @@ const MAX_HEADERS: usize = 100;
 const MAX_LINE: usize = 4096;
 /// The read buffer's first size: a whole small answer in one read.
 const FIRST_READ: usize = 8 * 1024;
+/// The largest request buffer kept for the next request.
+const MAX_KEPT_OUT: usize = 16 * 1024;
+/// Body pieces up to this size are copied out of the read buffer (see `take`).
+const COPY_OUT: usize = 4 * 1024;
 /// The most read at once while a large body streams.
-const STREAM_READ: usize = 256 * 1024;
+const STREAM_READ: usize = 64 * 1024;
 
 /// Why an exchange with Docker failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +58,22 @@ pub enum H1Error {
 /// One connection to Docker with the bytes read from it but not yet used.
 pub(crate) struct Conn {
     io: Stream,
+    /// Read from Docker, not used yet.
     buf: BytesMut,
+    /// The request being written, kept between requests for its capacity.
+    out: Vec<u8>,
+}
+
+impl Conn {
+    fn encode(&mut self, head: &http::request::Parts, body: &[u8]) {
+        self.out.clear();
+        if self.out.capacity() > MAX_KEPT_OUT {
+            self.out = Vec::new();
+        }
+        self.out.reserve(256 + body.len());
+        encode_head(head, body.len(), &mut self.out);
+        self.out.extend_from_slice(body);
+    }
 }
 
 impl fmt::Debug for Conn {
@@ -91,12 +111,10 @@ pub(crate) async fn send(
     head: &http::request::Parts,
     body: Bytes,
 ) -> Result<Response<UpstreamBody>, H1Error> {
-    let mut out = Vec::with_capacity(256 + body.len());
-    encode_head(head, body.len(), &mut out);
-    out.extend_from_slice(&body);
     let head_only = head.method == Method::HEAD;
-    if let Some(conn) = slot.take() {
-        match exchange(conn, &out, head_only).await {
+    if let Some(mut conn) = slot.take() {
+        conn.encode(head, &body);
+        match exchange(conn, head_only).await {
             Ok((response, reading)) => return Ok(respond(response, reading, slot)),
             Err(failure) if failure.nothing_sent || (failure.nothing_read && idempotent(head)) => {
                 debug!(error = %failure.error, "idle Docker connection was closed; opening a new one");
@@ -104,11 +122,13 @@ pub(crate) async fn send(
             Err(failure) => return Err(failure.error),
         }
     }
-    let conn = Conn {
+    let mut conn = Conn {
         io: connector.connect().await?,
         buf: BytesMut::with_capacity(FIRST_READ),
+        out: Vec::new(),
     };
-    match exchange(conn, &out, head_only).await {
+    conn.encode(head, &body);
+    match exchange(conn, head_only).await {
         Ok((response, reading)) => Ok(respond(response, reading, slot)),
         Err(failure) => Err(failure.error),
     }
@@ -139,13 +159,9 @@ struct Failure {
 }
 
 /// Writes the request and reads the answer's head.
-async fn exchange(
-    mut conn: Conn,
-    request: &[u8],
-    head_only: bool,
-) -> Result<(Response<()>, Reading), Failure> {
+async fn exchange(mut conn: Conn, head_only: bool) -> Result<(Response<()>, Reading), Failure> {
     let written = async {
-        conn.io.write_all(request).await?;
+        conn.io.write_all(&conn.out).await?;
         conn.io.flush().await
     };
     if let Err(error) = written.await {
@@ -275,9 +291,13 @@ fn parse_head(
     head_only: bool,
 ) -> Result<Option<(Response<()>, Framing, bool)>, H1Error> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let len = match parsed.parse(buf) {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut slots,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(err) => return Err(H1Error::Invalid(err.to_string())),
@@ -295,11 +315,16 @@ fn parse_head(
             continue;
         }
         let http10 = parsed.version == Some(0);
+        // The values are slices of one copy of the head: one allocation for all of them.
+        let head = Bytes::copy_from_slice(&buf[..len]);
+        let base = buf.as_ptr() as usize;
         let mut map = HeaderMap::with_capacity(parsed.headers.len());
         for h in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
+            let name = header_name(h.name)
                 .map_err(|_| H1Error::Invalid(format!("header name {:?}", h.name)))?;
-            let value = HeaderValue::from_bytes(h.value)
+            // httparse's value is a slice of `buf`: the same bytes in `head`.
+            let start = h.value.as_ptr() as usize - base;
+            let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
                 .map_err(|_| H1Error::Invalid(format!("value of header {:?}", h.name)))?;
             map.append(name, value);
         }
@@ -334,6 +359,24 @@ fn parse_head(
         *response.headers_mut() = map;
         return Ok(Some((response, framing, keep_alive)));
     }
+}
+
+/// Header names Docker sends that `http` does not know: named without an allocation.
+const DOCKER_HEADERS: [&str; 5] = [
+    "api-version",
+    "docker-experimental",
+    "ostype",
+    "builder-version",
+    "swarm",
+];
+
+fn header_name(name: &str) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    for known in DOCKER_HEADERS {
+        if name.eq_ignore_ascii_case(known) {
+            return Ok(HeaderName::from_static(known));
+        }
+    }
+    HeaderName::from_bytes(name.as_bytes())
 }
 
 /// The body's framing (RFC 9112 §6.3).
@@ -493,12 +536,19 @@ impl Reading {
     }
 }
 
-/// Up to `max` buffered bytes, `None` when nothing is buffered.
+/// Up to `max` buffered bytes, `None` when nothing is buffered. A small piece is copied
+/// out, so that the read buffer stays unshared and is reused for the next answer instead
+/// of being reallocated; a large one is split off without copying.
 fn take(buf: &mut BytesMut, max: u64) -> Option<Bytes> {
     if buf.is_empty() {
         return None;
     }
     let n = usize::try_from(max).map_or(buf.len(), |max| max.min(buf.len()));
+    if n <= COPY_OUT {
+        let piece = Bytes::copy_from_slice(&buf[..n]);
+        buf.advance(n);
+        return Some(piece);
+    }
     Some(buf.split_to(n).freeze())
 }
 

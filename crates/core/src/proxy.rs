@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -32,8 +32,8 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, field, info, info_span, warn};
 
-use crate::body::{ProxyBody, empty, full};
-use crate::chains::{Chains, Hook, Matched, run_post, run_pre, unwind};
+use crate::body::{BodyError, ProxyBody, empty, full};
+use crate::chains::{Chains, Hook, Matched, run_post, run_pre_as, unwind};
 use crate::error::{ProxyError, root_cause};
 use crate::headers::{
     is_json, is_text, is_upgrade, media_type, set_content_length, strip_hop_by_hop,
@@ -162,6 +162,7 @@ impl Proxy {
         );
         // The clock is read only when the final log line will be written.
         let started = tracing::enabled!(tracing::Level::INFO).then(Instant::now);
+        let recorder = span.clone();
         let metrics = &self.metrics;
         // Counted down on drop, also when the client goes away mid-request.
         let in_flight = InFlight::enter(&metrics.in_flight);
@@ -171,7 +172,7 @@ impl Proxy {
             let hooked = !matched.is_empty();
             let label = matched.label.clone();
             if let Some(label) = &label {
-                Span::current().record("patterns", field::display(label));
+                recorder.record("patterns", field::display(label));
             }
             let response = match self.forward(request, &matched, affinity).await {
                 Ok(response) => response,
@@ -184,7 +185,7 @@ impl Proxy {
                 }
             };
             let status = response.status().as_u16();
-            Span::current().record("status", status);
+            recorder.record("status", status);
             metrics.count_request(label, status);
             drop(in_flight);
             if let Some(started) = started {
@@ -262,6 +263,7 @@ impl Proxy {
         matched: &Matched<'_>,
         affinity: &Affinity,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let upgrade = client_upgrade.is_some();
         // The request as Docker receives it, kept for the post-hooks.
         let mut docker_request: Option<ClientRequest> = None;
         // Pre-hooks that ran and want to hear if the request fails.
@@ -284,7 +286,14 @@ impl Proxy {
                 let modified = if matched.pre.is_empty() {
                     original
                 } else {
-                    let modified = run_pre(&matched.pre, original, &self.metrics).await?;
+                    let modified = run_pre_as(
+                        &matched.pre,
+                        original,
+                        parts.method.as_str(),
+                        target,
+                        &self.metrics,
+                    )
+                    .await?;
                     apply_request(&mut parts.uri, &mut parts.headers, &modified)?;
                     if matched.pre.iter().any(|h| h.unwinds()) {
                         unwinders = &matched.pre;
@@ -302,14 +311,17 @@ impl Proxy {
                     docker_request = Some(modified);
                     bytes.unwrap_or_default()
                 };
-                set_content_length(&mut parts.headers, bytes.len());
+                if upgrade {
+                    // hyper's client sends it as it is; the lean client (everything else)
+                    // writes the length of what it sends.
+                    set_content_length(&mut parts.headers, bytes.len());
+                }
                 full(bytes)
             }
         };
 
-        // Kept only when post-hooks may need them, to decide whether the answer is a stream.
-        let target =
-            (!matched.post.is_empty()).then(|| (parts.method.clone(), parts.uri.path().to_owned()));
+        // Post-hooks never see an answer Docker streams.
+        let streams = is_streaming_endpoint(&parts.method, parts.uri.path());
         let response = match self
             .upstream
             .send_on(affinity, Request::from_parts(parts, body))
@@ -330,7 +342,7 @@ impl Proxy {
             unwind(unwinders, request, &reason, &self.metrics).await;
         }
 
-        let (Some(post_request), Some((method, path))) = (docker_request, target) else {
+        let Some(post_request) = docker_request.filter(|_| !matched.post.is_empty()) else {
             return self.relay(response, client_upgrade);
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -339,7 +351,7 @@ impl Proxy {
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
-        if let Err(reason) = post_hookable(&method, &path, &parts.headers, &body) {
+        if let Err(reason) = post_hookable(streams, &parts.headers, &body) {
             debug!("post-hooks skipped: {reason}");
             return Ok(Response::from_parts(parts, body));
         }
@@ -373,12 +385,10 @@ impl Proxy {
         if declared.is_some_and(|len| len > limit as u64) {
             return Err(ProxyError::RequestTooLarge { limit });
         }
-        let bytes = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-                return Err(ProxyError::RequestTooLarge { limit });
-            }
-            Err(err) => {
+        let bytes = match collect_bounded(body, limit).await {
+            Ok(bytes) => bytes,
+            Err(Collect::TooLarge) => return Err(ProxyError::RequestTooLarge { limit }),
+            Err(Collect::Failed(err)) => {
                 return Err(ProxyError::BadRequestBody(format!(
                     "could not read it: {}",
                     root_cause(err.as_ref())
@@ -393,12 +403,12 @@ impl Proxy {
     /// Collects Docker's answer for the post-hooks (`None` when it has no body).
     async fn collect_response(&self, body: ProxyBody) -> Result<Option<String>, ProxyError> {
         let limit = self.limits.max_hook_body;
-        let bytes = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-                return Err(ProxyError::ResponseTooLarge { limit });
+        let bytes = match collect_bounded(body, limit).await {
+            Ok(bytes) => bytes,
+            Err(Collect::TooLarge) => return Err(ProxyError::ResponseTooLarge { limit }),
+            Err(Collect::Failed(err)) => {
+                return Err(ProxyError::DockerBody(root_cause(err.as_ref())));
             }
-            Err(err) => return Err(ProxyError::DockerBody(root_cause(err.as_ref()))),
         };
         if bytes.is_empty() {
             return Ok(None);
@@ -407,6 +417,47 @@ impl Proxy {
             .map(Some)
             .map_err(|_| ProxyError::ResponseNotText("its body is not valid UTF-8".into()))
     }
+}
+
+/// Why a body could not be collected.
+enum Collect {
+    /// It is longer than the limit.
+    TooLarge,
+    /// Reading it failed.
+    Failed(BodyError),
+}
+
+/// Reads a whole body of at most `limit` bytes. A body that arrives in one piece (most
+/// JSON documents) is returned as that piece, without copying.
+async fn collect_bounded<B>(body: B, limit: usize) -> Result<Bytes, Collect>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    let mut body = body;
+    let mut first: Option<Bytes> = None;
+    let mut more: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Collect::Failed(e.into()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(Collect::TooLarge);
+        }
+        match first.take() {
+            None if more.is_empty() => first = Some(data),
+            None => more.extend_from_slice(&data),
+            Some(head) => {
+                more.reserve(total);
+                more.extend_from_slice(&head);
+                more.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(more)))
 }
 
 /// One request in `powerstrip_requests_in_flight`, for as long as it lives.
@@ -485,13 +536,8 @@ fn apply_request(
 
 /// Whether Docker's answer can be handed to post-hooks: a complete JSON or text document
 /// (or no body at all) from an endpoint that does not stream.
-fn post_hookable(
-    method: &http::Method,
-    path: &str,
-    headers: &HeaderMap,
-    body: &ProxyBody,
-) -> Result<(), &'static str> {
-    if is_streaming_endpoint(method, path) {
+fn post_hookable(streams: bool, headers: &HeaderMap, body: &ProxyBody) -> Result<(), &'static str> {
+    if streams {
         return Err("Docker streams this endpoint's response");
     }
     match media_type(headers) {
@@ -510,11 +556,17 @@ fn apply_response(
 ) -> Response<ProxyBody> {
     // run_post checked that Code is a status and ContentType a header value.
     parts.status = StatusCode::from_u16(modified.code).unwrap_or(StatusCode::BAD_GATEWAY);
-    parts.headers.remove(header::CONTENT_TYPE);
-    if !modified.content_type.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&modified.content_type)
-    {
-        parts.headers.insert(header::CONTENT_TYPE, value);
+    let unchanged = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == modified.content_type.as_bytes());
+    if !unchanged {
+        parts.headers.remove(header::CONTENT_TYPE);
+        if !modified.content_type.is_empty()
+            && let Ok(value) = HeaderValue::from_str(&modified.content_type)
+        {
+            parts.headers.insert(header::CONTENT_TYPE, value);
+        }
     }
     let bytes = Bytes::from(modified.body.unwrap_or_default());
     let bodyless = parts.status.is_informational()

@@ -5,8 +5,9 @@
 //! connection and its Docker connection move in step, with nothing to search or share.
 //! A request whose body is in memory or small (nearly all of Docker's API) is exchanged by
 //! the lean client in `h1`, by the task serving the client; uploads of unknown or large
-//! size and upgrades (attach, exec) by hyper's client, which writes a body while it reads
-//! the answer. The proxy's own calls (the event follower, `/readyz`) use a small pool.
+//! size, upgrades (attach, exec) and the endpoints Docker answers with a stream (logs,
+//! events, archives, image transfers) by hyper's client, which writes a body while it
+//! reads the answer and reads large bodies into one adaptive buffer. The proxy's own calls (the event follower, `/readyz`) use a small pool.
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use crate::connect::{Connector, Pool, SendError, Target};
 use crate::error::{ProxyError, root_cause};
 use crate::h1::{self, H1Error, Slot};
 use crate::headers::is_upgrade;
+use crate::streaming::is_streaming_endpoint;
 
 /// The largest request body read into memory before it is sent, so that the request goes
 /// through the lean client; bigger uploads stream through hyper's.
@@ -87,6 +89,13 @@ impl Upstream {
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, body) = request.into_parts();
+        if is_streaming_endpoint(&parts.method, parts.uri.path()) {
+            // Docker answers with a stream (logs, events, archives, images): hyper's client
+            // reads it into one reused, adaptive buffer, faster for large bodies.
+            return self
+                .send_streaming(affinity, Request::from_parts(parts, body))
+                .await;
+        }
         let in_memory = match body {
             ProxyBody::Bytes(body) => Some(collected(body).await),
             ProxyBody::Stream(body) if is_upgrade(&parts.headers) => {
