@@ -6,6 +6,8 @@
 // Test helpers panic on purpose: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -1209,6 +1211,83 @@ async fn a_docker_connection_closed_while_idle_is_replaced_unseen() {
     }
     // Every request took a new Docker connection: the idle ones were found closed.
     assert_eq!(docker.connections(), 4);
+}
+
+/// An adapter that answers one call per connection and then closes it, though its answer
+/// offers keep-alive (as an adapter restarted between two calls, or one with a short idle
+/// timeout): every pre-hook sets `Number` to 2.
+async fn one_call_per_connection_adapter() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The head, then as many body bytes as it announces.
+                loop {
+                    let Ok(n) = io.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let answer = json!({
+                    "PowerstripProtocolVersion": 1,
+                    "ModifiedClientRequest": {
+                        "Method": "POST",
+                        "Request": CREATE,
+                        "Body": "{\"Number\":2}"
+                    }
+                })
+                .to_string();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = io.write_all(response.as_bytes()).await;
+                let _ = io.shutdown().await;
+            });
+        }
+    });
+    (url, connections)
+}
+
+#[tokio::test]
+async fn an_adapter_connection_closed_while_idle_is_replaced_unseen() {
+    let docker = echo_docker().await;
+    let (url, connections) = one_call_per_connection_adapter().await;
+    let toml = format!(
+        "version = 1\n[adapters]\nsetter = {url:?}\n[[endpoints]]\nmatch = \"POST /*/containers/create\"\npre = [\"setter\"]\n"
+    );
+    let proxy = TestProxy::start(&docker.address(), &toml).await;
+    for i in 0..3 {
+        // Let the adapter's close arrive before the next call.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = proxy
+            .client()
+            .post_json(CREATE, &json!({"Number": 1}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "call {i}: {}", r.text());
+        assert_eq!(r.json()["Number"], 2, "call {i}");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]

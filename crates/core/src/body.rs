@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::h1::UpstreamBody;
@@ -66,4 +66,45 @@ impl Body for ProxyBody {
             ProxyBody::Bytes(body) => body.size_hint(),
         }
     }
+}
+
+/// Why a body could not be collected.
+pub(crate) enum Collect {
+    /// It is longer than the limit.
+    TooLarge,
+    /// Reading it failed.
+    Failed(BodyError),
+}
+
+/// Reads a whole body of at most `limit` bytes. A body that arrives in one piece (most
+/// JSON documents) is returned as that piece, without copying.
+pub(crate) async fn collect_bounded<B>(body: B, limit: usize) -> Result<Bytes, Collect>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    let mut body = body;
+    let mut first: Option<Bytes> = None;
+    let mut more: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Collect::Failed(e.into()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(Collect::TooLarge);
+        }
+        match first.take() {
+            None if more.is_empty() => first = Some(data),
+            None => more.extend_from_slice(&data),
+            Some(head) => {
+                more.reserve(total);
+                more.extend_from_slice(&head);
+                more.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(more)))
 }

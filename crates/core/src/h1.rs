@@ -65,14 +65,12 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn encode(&mut self, head: &http::request::Parts, body: &[u8]) {
+    fn encode(&mut self, encode: impl Fn(&mut Vec<u8>)) {
         self.out.clear();
         if self.out.capacity() > MAX_KEPT_OUT {
             self.out = Vec::new();
         }
-        self.out.reserve(256 + body.len());
-        encode_head(head, body.len(), &mut self.out);
-        self.out.extend_from_slice(body);
+        encode(&mut self.out);
     }
 }
 
@@ -84,40 +82,93 @@ impl fmt::Debug for Conn {
     }
 }
 
-/// Where a client connection keeps its idle Docker connection between requests.
-#[derive(Debug, Default)]
-pub(crate) struct Slot(Mutex<Option<Conn>>);
+/// Idle connections to one peer, reused last-in first-out: one for a client connection's
+/// Docker connection, a few for an HTTP adapter.
+#[derive(Debug)]
+pub(crate) struct Idle {
+    conns: Mutex<Vec<Conn>>,
+    /// The most kept; more are closed.
+    max: usize,
+}
 
-impl Slot {
+impl Idle {
+    /// Keeps up to `max` idle connections.
+    pub(crate) fn new(max: usize) -> Self {
+        Idle {
+            conns: Mutex::new(Vec::new()),
+            max,
+        }
+    }
+
     fn take(&self) -> Option<Conn> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
     }
 
     fn put(&self, conn: Conn) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        if conns.len() < self.max {
+            conns.push(conn);
+        }
     }
 }
 
-/// Sends a request whose body is `body` on the slot's idle connection (or a new one) and
-/// returns the answer, its body still to read. The connection goes back to the slot once
-/// the body has been read to its end, if Docker keeps it open.
+/// When a request that a reused connection failed to carry is sent again on a new one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Retry {
+    /// Only when it could not be written (the peer had closed the connection).
+    Unsent,
+    /// Also when not one byte of an answer came back: safe for requests that may be
+    /// repeated.
+    Unanswered,
+}
+
+/// Sends a request whose body is `body` on an idle connection (or a new one) and returns
+/// the answer, its body still to read. The connection goes back to `idle` once the body has
+/// been read to its end, if Docker keeps it open.
 ///
 /// A request that an idle connection could not carry because Docker had closed it (the
 /// write failed, or — for `GET` and `HEAD` — it ended before any answer) is sent once more
 /// on a new connection.
 pub(crate) async fn send(
-    slot: &Arc<Slot>,
+    idle: &Arc<Idle>,
     connector: &Connector,
     head: &http::request::Parts,
     body: Bytes,
 ) -> Result<Response<UpstreamBody>, H1Error> {
-    let head_only = head.method == Method::HEAD;
-    if let Some(mut conn) = slot.take() {
-        conn.encode(head, &body);
+    let retry = if head.method == Method::GET || head.method == Method::HEAD {
+        Retry::Unanswered
+    } else {
+        Retry::Unsent
+    };
+    send_with(idle, connector, head.method == Method::HEAD, retry, |out| {
+        out.reserve(256 + body.len());
+        encode_head(head, body.len(), out);
+        out.extend_from_slice(&body);
+    })
+    .await
+}
+
+/// Sends the request `encode` writes (a complete HTTP/1.1 request) on an idle connection
+/// (or a new one); see [`send`]. `head_only`: the request is a `HEAD`.
+pub(crate) async fn send_with(
+    idle: &Arc<Idle>,
+    connector: &Connector,
+    head_only: bool,
+    retry: Retry,
+    encode: impl Fn(&mut Vec<u8>),
+) -> Result<Response<UpstreamBody>, H1Error> {
+    if let Some(mut conn) = idle.take() {
+        conn.encode(&encode);
         match exchange(conn, head_only).await {
-            Ok((response, reading)) => return Ok(respond(response, reading, slot)),
-            Err(failure) if failure.nothing_sent || (failure.nothing_read && idempotent(head)) => {
-                debug!(error = %failure.error, "idle Docker connection was closed; opening a new one");
+            Ok((response, reading)) => return Ok(respond(response, reading, idle)),
+            Err(failure)
+                if failure.nothing_sent
+                    || (failure.nothing_read && matches!(retry, Retry::Unanswered)) =>
+            {
+                debug!(error = %failure.error, "idle connection was closed; opening a new one");
             }
             Err(failure) => return Err(failure.error),
         }
@@ -127,21 +178,17 @@ pub(crate) async fn send(
         buf: BytesMut::with_capacity(FIRST_READ),
         out: Vec::new(),
     };
-    conn.encode(head, &body);
+    conn.encode(&encode);
     match exchange(conn, head_only).await {
-        Ok((response, reading)) => Ok(respond(response, reading, slot)),
+        Ok((response, reading)) => Ok(respond(response, reading, idle)),
         Err(failure) => Err(failure.error),
     }
 }
 
-fn idempotent(head: &http::request::Parts) -> bool {
-    head.method == Method::GET || head.method == Method::HEAD
-}
-
-fn respond(response: Response<()>, reading: Reading, slot: &Arc<Slot>) -> Response<UpstreamBody> {
+fn respond(response: Response<()>, reading: Reading, idle: &Arc<Idle>) -> Response<UpstreamBody> {
     let mut body = UpstreamBody {
         reading: Some(reading),
-        slot: slot.clone(),
+        idle: idle.clone(),
     };
     if body.reading.as_ref().is_some_and(Reading::done) {
         body.finish();
@@ -553,11 +600,12 @@ fn take(buf: &mut BytesMut, max: u64) -> Option<Bytes> {
 }
 
 /// The body of an answer from Docker, read from the connection as it is polled. Once read
-/// to its end, the connection returns to its client connection's slot for the next
-/// request; dropped before that, it closes the connection.
+/// to its end, the connection returns to the idle ones it came from (for a proxied request:
+/// its client connection's) for the next request; dropped before that, it closes the
+/// connection.
 pub struct UpstreamBody {
     reading: Option<Reading>,
-    slot: Arc<Slot>,
+    idle: Arc<Idle>,
 }
 
 impl fmt::Debug for UpstreamBody {
@@ -575,7 +623,7 @@ impl UpstreamBody {
             && reading.keep_alive
             && reading.conn.buf.is_empty()
         {
-            self.slot.put(reading.conn);
+            self.idle.put(reading.conn);
         }
     }
 }

@@ -5,16 +5,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderValue, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::StatusCode;
 use powerstrip_adapter::{Adapter, ClientRequest, DockerEvent, HookError, ServerResponse};
 use powerstrip_config::AdapterUrl;
 use powerstrip_protocol::{
     HookCall, ProtocolError, decode_post_answer, decode_pre_answer, encode_call,
 };
 
-use crate::connect::{Connector, Pool, Target};
+use crate::body::{Collect, collect_bounded};
+use crate::connect::{Connector, Target};
 use crate::error::root_cause;
+use crate::h1::{self, Idle, Retry};
 use powerstrip_adapter::tls::client_config;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -32,12 +33,12 @@ const MAX_MESSAGE_CHARS: usize = 1024;
 pub struct HttpAdapter {
     /// The URL as configured, for messages.
     url: String,
-    /// The request target: a placeholder authority and the hook path.
-    uri: Uri,
-    /// The `Host` header to send (the client leaves `Host` alone).
-    host: HeaderValue,
+    /// Dials the adapter.
+    connector: Connector,
+    /// Every call's request line and headers up to the `Content-Length` value.
+    head: Vec<u8>,
     /// Keep-alive connections to this adapter alone.
-    pool: Pool<Full<Bytes>>,
+    idle: Arc<Idle>,
     /// The largest answer read from the adapter.
     max_answer: usize,
 }
@@ -84,33 +85,47 @@ impl HttpAdapter {
                 "localhost".to_owned(),
             ),
         };
-        let uri: Uri = path
+        let path: http::uri::PathAndQuery = path
             .parse()
             .map_err(|e| HttpAdapterError(format!("bad adapter URL {url}: {e}")))?;
-        let host = HeaderValue::from_str(&host)
+        http::HeaderValue::from_str(&host)
             .map_err(|e| HttpAdapterError(format!("bad adapter URL {url}: {e}")))?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ncontent-length: "
+        )
+        .into_bytes();
         Ok(HttpAdapter {
             url: url.to_string(),
-            uri,
-            host,
-            pool: Pool::new(Connector::new(target), MAX_IDLE),
+            connector: Connector::new(target),
+            head,
+            idle: Arc::new(Idle::new(MAX_IDLE)),
             max_answer,
         })
     }
 
     /// POSTs one call and returns the body of a 2xx answer; any other answer becomes the
     /// matching [`HookError`].
+    ///
+    /// A call that a reused connection could not carry (the adapter had closed it: nothing
+    /// could be written, or not one byte of an answer came back) is made once more on a new
+    /// connection.
     async fn call(&self, call: &HookCall) -> Result<Bytes, HookError> {
-        let mut request = Request::new(Full::new(Bytes::from(encode_call(call))));
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = self.uri.clone();
-        let headers = request.headers_mut();
-        headers.insert(header::HOST, self.host.clone());
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        let (response, connection) = self.pool.send(request).await.map_err(|err| {
+        let body = encode_call(call);
+        let response = h1::send_with(
+            &self.idle,
+            &self.connector,
+            false,
+            Retry::Unanswered,
+            |out| {
+                out.reserve(self.head.len() + 32 + body.len());
+                out.extend_from_slice(&self.head);
+                out.extend_from_slice(body.len().to_string().as_bytes());
+                out.extend_from_slice(b"\r\n\r\n");
+                out.extend_from_slice(&body);
+            },
+        )
+        .await
+        .map_err(|err| {
             HookError::failed("could not be reached").with_detail(format!(
                 "cannot reach {}: {}",
                 self.url,
@@ -118,18 +133,26 @@ impl HttpAdapter {
             ))
         })?;
         let status = response.status();
-        let body = Limited::new(response.into_body(), self.max_answer)
-            .collect()
-            .await
-            .map_err(|err| {
-                HookError::failed("broke off its answer").with_detail(format!(
-                    "could not read the answer from {}: {}",
-                    self.url,
-                    root_cause(err.as_ref())
-                ))
-            })?
-            .to_bytes();
-        self.pool.release(connection);
+        let body = match collect_bounded(response.into_body(), self.max_answer).await {
+            Ok(body) => body,
+            Err(Collect::TooLarge) => {
+                return Err(
+                    HookError::failed("broke off its answer").with_detail(format!(
+                        "the answer from {} is longer than {} bytes",
+                        self.url, self.max_answer
+                    )),
+                );
+            }
+            Err(Collect::Failed(err)) => {
+                return Err(
+                    HookError::failed("broke off its answer").with_detail(format!(
+                        "could not read the answer from {}: {}",
+                        self.url,
+                        root_cause(err.as_ref())
+                    )),
+                );
+            }
+        };
         if status.is_success() {
             Ok(body)
         } else {

@@ -23,7 +23,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -32,7 +31,7 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, field, info, info_span, warn};
 
-use crate::body::{BodyError, ProxyBody, empty, full};
+use crate::body::{Collect, ProxyBody, collect_bounded, empty, full};
 use crate::chains::{Chains, Hook, Matched, run_post, run_pre_as, unwind};
 use crate::error::{ProxyError, root_cause};
 use crate::headers::{
@@ -417,47 +416,6 @@ impl Proxy {
             .map(Some)
             .map_err(|_| ProxyError::ResponseNotText("its body is not valid UTF-8".into()))
     }
-}
-
-/// Why a body could not be collected.
-enum Collect {
-    /// It is longer than the limit.
-    TooLarge,
-    /// Reading it failed.
-    Failed(BodyError),
-}
-
-/// Reads a whole body of at most `limit` bytes. A body that arrives in one piece (most
-/// JSON documents) is returned as that piece, without copying.
-async fn collect_bounded<B>(body: B, limit: usize) -> Result<Bytes, Collect>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BodyError>,
-{
-    let mut body = body;
-    let mut first: Option<Bytes> = None;
-    let mut more: Vec<u8> = Vec::new();
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Collect::Failed(e.into()))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        total = total.saturating_add(data.len());
-        if total > limit {
-            return Err(Collect::TooLarge);
-        }
-        match first.take() {
-            None if more.is_empty() => first = Some(data),
-            None => more.extend_from_slice(&data),
-            Some(head) => {
-                more.reserve(total);
-                more.extend_from_slice(&head);
-                more.extend_from_slice(&data);
-            }
-        }
-    }
-    Ok(first.unwrap_or_else(|| Bytes::from(more)))
 }
 
 /// One request in `powerstrip_requests_in_flight`, for as long as it lives.

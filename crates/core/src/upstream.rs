@@ -21,7 +21,7 @@ use powerstrip_adapter::net::Address;
 use crate::body::ProxyBody;
 use crate::connect::{Connector, Pool, SendError, Target};
 use crate::error::{ProxyError, root_cause};
-use crate::h1::{self, H1Error, Slot};
+use crate::h1::{self, H1Error, Idle};
 use crate::headers::is_upgrade;
 use crate::streaming::is_streaming_endpoint;
 
@@ -47,7 +47,7 @@ pub struct Upstream {
 /// lean client, one for hyper's (used only by uploads).
 #[derive(Debug)]
 pub struct Affinity {
-    lean: Arc<Slot>,
+    lean: Arc<Idle>,
     streaming: Pool<ProxyBody>,
 }
 
@@ -74,7 +74,7 @@ impl Upstream {
     /// A new, empty affinity for a client connection.
     pub fn affinity(&self) -> Affinity {
         Affinity {
-            lean: Arc::default(),
+            lean: Arc::new(Idle::new(1)),
             streaming: Pool::new(self.connector.clone(), 1),
         }
     }
