@@ -10,13 +10,15 @@
 //! - a literal pattern (none of `*?[]{}\`) matches exactly `"{METHOD} {PATH}"` equal to it,
 //!   or, for a path without an API version (`/containers/create`), `"{METHOD} /{PATH}"`;
 //! - the method and path escaped with `\` make such a literal pattern, which matches them;
+//! - a set of that one pattern (`PatternSet`, which matches patterns with at most one `*`
+//!   and no other glob syntax by their literal prefix and suffix) agrees with `matches`;
 //! - `"* *"` matches every request (globset's `*` crosses `/` and newlines), and
 //!   `"{METHOD} *"` every path with that method.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
-use powerstrip_config::{Pattern, PatternError};
+use powerstrip_config::{Pattern, PatternError, PatternSet};
 
 /// Separates the pattern, the method and the path in an input.
 pub const SEPARATOR: u8 = 0xFF;
@@ -46,6 +48,13 @@ fn any_pattern(pattern: &str, method: &str, path: &str) {
             assert_eq!(compiled.as_str(), pattern);
             assert_eq!(compiled.to_string(), pattern);
             let hit = compiled.matches(method, path);
+            let mut hits = Vec::new();
+            PatternSet::new(std::slice::from_ref(&compiled)).matching(method, path, &mut hits);
+            assert_eq!(
+                !hits.is_empty(),
+                hit,
+                "the set of {pattern:?} disagrees with the pattern on ({method:?}, {path:?})"
+            );
             if is_literal(pattern) {
                 assert_eq!(
                     hit,

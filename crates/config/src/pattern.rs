@@ -103,6 +103,10 @@ impl fmt::Display for Pattern {
 pub struct PatternSet {
     /// The compiled set; indices are positions in the patterns given.
     set: GlobSet,
+    /// The same patterns as literal prefixes and suffixes, when every one of them can be
+    /// (at most one `*`, no other glob syntax — `POST /*/containers/create`): matched
+    /// without building the request's text or running the glob automaton.
+    literals: Option<Vec<Literal>>,
 }
 
 impl PatternSet {
@@ -114,7 +118,8 @@ impl PatternSet {
         }
         // Each glob compiled alone already, so together they compile too.
         let set = builder.build().unwrap_or_else(|_| GlobSet::empty());
-        PatternSet { set }
+        let literals = patterns.iter().map(|p| Literal::parse(&p.text)).collect();
+        PatternSet { set, literals }
     }
 
     /// True when the set holds no pattern.
@@ -129,6 +134,17 @@ impl PatternSet {
         if self.set.is_empty() {
             return;
         }
+        if let Some(literals) = &self.literals {
+            let unversioned = path.starts_with('/') && !has_version_prefix(path);
+            for (i, literal) in literals.iter().enumerate() {
+                if literal.matches([method, " ", path])
+                    || (unversioned && literal.matches([method, " /", path]))
+                {
+                    hits.push(i);
+                }
+            }
+            return;
+        }
         let request = Request::new(method, path);
         self.set.matches_into(request.as_sent.as_str(), hits);
         if let Some(unversioned) = &request.unversioned {
@@ -141,6 +157,71 @@ impl PatternSet {
             }
         }
     }
+}
+
+/// A pattern with no glob syntax but at most one `*` (which matches anything, `/`
+/// included): the text before it and, when there is one, the text after it.
+#[derive(Clone, Debug)]
+struct Literal {
+    prefix: Box<[u8]>,
+    suffix: Option<Box<[u8]>>,
+}
+
+impl Literal {
+    fn parse(text: &str) -> Option<Literal> {
+        if text.contains(['?', '[', ']', '{', '}', '\\']) {
+            return None;
+        }
+        match text.split_once('*') {
+            None => Some(Literal {
+                prefix: text.as_bytes().into(),
+                suffix: None,
+            }),
+            Some((prefix, suffix)) if !suffix.contains('*') => Some(Literal {
+                prefix: prefix.as_bytes().into(),
+                suffix: Some(suffix.as_bytes().into()),
+            }),
+            Some(_) => None,
+        }
+    }
+
+    /// Whether the text made of `parts` matches.
+    fn matches(&self, parts: [&str; 3]) -> bool {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        match &self.suffix {
+            None => len == self.prefix.len() && starts_with(parts, &self.prefix),
+            Some(suffix) => {
+                len >= self.prefix.len() + suffix.len()
+                    && starts_with(parts, &self.prefix)
+                    && ends_with(parts, suffix)
+            }
+        }
+    }
+}
+
+/// Whether the text made of `parts` starts with `literal`.
+fn starts_with(parts: [&str; 3], mut literal: &[u8]) -> bool {
+    for part in parts {
+        let n = part.len().min(literal.len());
+        if part.as_bytes()[..n] != literal[..n] {
+            return false;
+        }
+        literal = &literal[n..];
+    }
+    literal.is_empty()
+}
+
+/// Whether the text made of `parts` ends with `literal`.
+fn ends_with(parts: [&str; 3], mut literal: &[u8]) -> bool {
+    for part in parts.iter().rev() {
+        let part = part.as_bytes();
+        let n = part.len().min(literal.len());
+        if part[part.len() - n..] != literal[literal.len() - n..] {
+            return false;
+        }
+        literal = &literal[..literal.len() - n];
+    }
+    literal.is_empty()
 }
 
 /// The strings a request is matched as, built once per request.
@@ -250,6 +331,73 @@ mod tests {
             "POST",
             "/v1.16/containers/create"
         ));
+    }
+
+    #[test]
+    fn the_literal_fast_path_agrees_with_the_globs() {
+        let patterns = [
+            "POST /*/containers/create",
+            "GET /*/version",
+            "GET /_ping",
+            "GET *",
+            "POST /v1.41/containers/create",
+            "DELETE /*",
+            "GET /*/containers/json",
+            "GET /é*/x",
+            "POST *create",
+            "POST /*",
+            "P* /x",
+            "POST /",
+        ];
+        let requests = [
+            ("POST", "/v1.41/containers/create"),
+            ("POST", "/containers/create"),
+            ("POST", "//containers/create"),
+            ("POST", "/v1.41/containers/create/x"),
+            ("GET", "/v1.41/version"),
+            ("GET", "/version"),
+            ("GET", "/_ping"),
+            ("GET", "/_pingx"),
+            ("DELETE", "/v1.41/containers/abc"),
+            ("GET", "/é/x"),
+            ("GET", "/éé/x"),
+            ("PUT", "/x"),
+            ("POST", "/"),
+            ("POST", ""),
+            ("", ""),
+            ("GET", "/v1.41/containers/json"),
+            ("get", "/v1.41/version"),
+        ];
+        let compiled: Vec<Pattern> = patterns.iter().map(|p| Pattern::new(p).unwrap()).collect();
+        let fast = PatternSet::new(&compiled);
+        assert!(fast.literals.is_some());
+        let mut slow = fast.clone();
+        slow.literals = None;
+        for (method, path) in requests {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            fast.matching(method, path, &mut a);
+            slow.matching(method, path, &mut b);
+            assert_eq!(a, b, "{method} {path}");
+            for (i, pattern) in compiled.iter().enumerate() {
+                assert_eq!(
+                    a.contains(&i),
+                    pattern.matches(method, path),
+                    "{pattern} vs {method} {path}"
+                );
+            }
+        }
+        // Anything with other glob syntax keeps the automaton.
+        for other in [
+            "* *",
+            "* /*/containers/create",
+            "GET /v1.?/version",
+            "GET /[a]",
+            r"GET /a\*b",
+            "GET /{a,b}",
+        ] {
+            let set = PatternSet::new(&[Pattern::new(other).unwrap()]);
+            assert!(set.literals.is_none(), "{other}");
+        }
     }
 
     #[test]

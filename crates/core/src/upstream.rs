@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use powerstrip_adapter::net::Address;
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, collect_bounded};
 use crate::connect::{Connector, Pool, SendError, Target};
 use crate::error::{ProxyError, root_cause};
 use crate::h1::{self, H1Error, Idle};
@@ -194,10 +194,11 @@ impl Upstream {
     }
 }
 
-/// The bytes of a body the proxy produced.
+/// The bytes of a body the proxy produced (one piece: returned as it is).
 async fn collected(body: http_body_util::Full<Bytes>) -> Bytes {
-    match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(never) => match never {},
+    match collect_bounded(body, usize::MAX).await {
+        Ok(bytes) => bytes,
+        // A `Full` body neither fails nor exceeds `usize::MAX` bytes.
+        Err(_) => Bytes::new(),
     }
 }
