@@ -959,6 +959,13 @@ async fn metrics_count_requests_hooks_failures_and_sessions() {
     ] {
         assert_eq!(metric(&text, series), Some(value), "{series}\n{text}");
     }
+    // Hook latencies are real durations: the hanging adapter was given up on after 300 ms.
+    let waited = metric(
+        &text,
+        r#"powerstrip_hook_duration_seconds_sum{adapter="hanging",hook="pre-hook"}"#,
+    )
+    .unwrap_or_default();
+    assert!((0.29..2.0).contains(&waited), "{waited} s\n{text}");
 
     // An attach session is counted while it is open.
     let (head, mut io) = client
