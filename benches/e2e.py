@@ -567,6 +567,30 @@ def git_describe(repo: Path) -> str:
         return "?"
 
 
+def small_table(lines, get, info, phase, workloads, configs, cpu_vs_haproxy):
+    """The small-request table of one phase: a row per workload, concurrency and
+    configuration, with ratios to the direct socket and to HAProxy."""
+    lines.append("| request | c | configuration | req/s | p50 µs | p99 µs | proxy CPU µs/req "
+                 "| req/s vs direct | req/s vs HAProxy |" + (" CPU vs HAProxy |" if cpu_vs_haproxy else ""))
+    lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if cpu_vs_haproxy else ""))
+    for wl in workloads:
+        for conc in wl["concurrency"]:
+            direct = get(phase, wl["name"], conc, "direct")
+            hap = get(phase, wl["name"], conc, "haproxy")
+            for name in configs:
+                r = get(phase, wl["name"], conc, name)
+                if not r:
+                    continue
+                row = (f"| {wl['label']} | {conc} | {info['labels'][name]} | {fmt(r.get('rps'))} "
+                       f"| {fmt(r.get('p50_us'), 1)} | {fmt(r.get('p99_us'), 1)} "
+                       f"| {fmt(r.get('cpu_us_per_req'), 1)} "
+                       f"| {rfmt(ratio(r.get('rps'), direct.get('rps')))} "
+                       f"| {rfmt(ratio(r.get('rps'), hap.get('rps')))} |")
+                if cpu_vs_haproxy:
+                    row += f" {rfmt(ratio(r.get('cpu_us_per_req'), hap.get('cpu_us_per_req')))} |"
+                lines.append(row)
+
+
 def report(results: dict, opts, info: dict) -> tuple[str, list]:
     """The markdown report and the list of (target, measured, PASS/FAIL)."""
     med = {}
@@ -613,24 +637,8 @@ def report(results: dict, opts, info: dict) -> tuple[str, list]:
     lines.append("")
 
     lines.append("## Small requests, fake Docker upstream\n")
-    lines.append("| request | c | configuration | req/s | p50 µs | p99 µs | proxy CPU µs/req "
-                 "| req/s vs direct | req/s vs HAProxy | CPU vs HAProxy |")
-    lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    for wl in info["fake_workloads"]:
-        for conc in wl["concurrency"]:
-            direct = get("fake", wl["name"], conc, "direct")
-            hap = get("fake", wl["name"], conc, "haproxy")
-            for name in info["fake_configs"]:
-                r = get("fake", wl["name"], conc, name)
-                if not r:
-                    continue
-                lines.append(
-                    f"| {wl['label']} | {conc} | {info['labels'][name]} | {fmt(r.get('rps'))} "
-                    f"| {fmt(r.get('p50_us'), 1)} | {fmt(r.get('p99_us'), 1)} "
-                    f"| {fmt(r.get('cpu_us_per_req'), 1)} "
-                    f"| {rfmt(ratio(r.get('rps'), direct.get('rps')))} "
-                    f"| {rfmt(ratio(r.get('rps'), hap.get('rps')))} "
-                    f"| {rfmt(ratio(r.get('cpu_us_per_req'), hap.get('cpu_us_per_req')))} |")
+    small_table(lines, get, info, "fake", info["fake_workloads"], info["fake_configs"],
+                cpu_vs_haproxy=True)
     http = [get("fake", wl["name"], 32, "ps-http").get("adapters_cpu_us_per_req")
             for wl in info["fake_workloads"]]
     if any(v is not None for v in http):
@@ -662,23 +670,8 @@ def report(results: dict, opts, info: dict) -> tuple[str, list]:
 
     if info["docker_workloads"]:
         lines.append("\n## Small requests, real dockerd upstream\n")
-        lines.append("| request | c | configuration | req/s | p50 µs | p99 µs | proxy CPU µs/req "
-                     "| req/s vs direct | req/s vs HAProxy |")
-        lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|")
-        for wl in info["docker_workloads"]:
-            for conc in wl["concurrency"]:
-                direct = get("docker", wl["name"], conc, "direct")
-                hap = get("docker", wl["name"], conc, "haproxy")
-                for name in info["docker_configs"]:
-                    r = get("docker", wl["name"], conc, name)
-                    if not r:
-                        continue
-                    lines.append(
-                        f"| {wl['label']} | {conc} | {info['labels'][name]} | {fmt(r.get('rps'))} "
-                        f"| {fmt(r.get('p50_us'), 1)} | {fmt(r.get('p99_us'), 1)} "
-                        f"| {fmt(r.get('cpu_us_per_req'), 1)} "
-                        f"| {rfmt(ratio(r.get('rps'), direct.get('rps')))} "
-                        f"| {rfmt(ratio(r.get('rps'), hap.get('rps')))} |")
+        small_table(lines, get, info, "docker", info["docker_workloads"], info["docker_configs"],
+                    cpu_vs_haproxy=False)
 
     # Targets.
     targets = []

@@ -205,6 +205,17 @@ struct Failure {
     nothing_read: bool,
 }
 
+impl Failure {
+    /// Failed after the request was written, having read something or not.
+    fn after_sending(error: H1Error, read_any: bool) -> Self {
+        Failure {
+            error,
+            nothing_sent: false,
+            nothing_read: !read_any,
+        }
+    }
+}
+
 /// Writes the request and reads the answer's head.
 async fn exchange(mut conn: Conn, head_only: bool) -> Result<(Response<()>, Reading), Failure> {
     let written = async {
@@ -222,48 +233,25 @@ async fn exchange(mut conn: Conn, head_only: bool) -> Result<(Response<()>, Read
     loop {
         match parse_head(&mut conn.buf, head_only) {
             Ok(Some((response, framing, keep_alive))) => {
-                return Ok((
-                    response,
-                    Reading {
-                        conn,
-                        framing,
-                        keep_alive,
-                    },
-                ));
+                let reading = Reading {
+                    conn,
+                    framing,
+                    keep_alive,
+                };
+                return Ok((response, reading));
+            }
+            Ok(None) if conn.buf.len() >= MAX_HEAD => {
+                let error = H1Error::Invalid(format!("response head larger than {MAX_HEAD} bytes"));
+                return Err(Failure::after_sending(error, true));
             }
             Ok(None) => {}
-            Err(error) => {
-                return Err(Failure {
-                    error,
-                    nothing_sent: false,
-                    nothing_read: false,
-                });
-            }
-        }
-        if conn.buf.len() >= MAX_HEAD {
-            return Err(Failure {
-                error: H1Error::Invalid(format!("response head larger than {MAX_HEAD} bytes")),
-                nothing_sent: false,
-                nothing_read: false,
-            });
+            Err(error) => return Err(Failure::after_sending(error, true)),
         }
         conn.buf.reserve(FIRST_READ);
         match tokio_util::io::read_buf(&mut conn.io, &mut conn.buf).await {
-            Ok(0) => {
-                return Err(Failure {
-                    error: H1Error::Closed,
-                    nothing_sent: false,
-                    nothing_read: !read_any,
-                });
-            }
+            Ok(0) => return Err(Failure::after_sending(H1Error::Closed, read_any)),
             Ok(_) => read_any = true,
-            Err(error) => {
-                return Err(Failure {
-                    error: error.into(),
-                    nothing_sent: false,
-                    nothing_read: !read_any,
-                });
-            }
+            Err(error) => return Err(Failure::after_sending(error.into(), read_any)),
         }
     }
 }

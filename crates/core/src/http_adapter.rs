@@ -85,6 +85,8 @@ impl HttpAdapter {
                 "localhost".to_owned(),
             ),
         };
+        // Both are written into every call as they are: refuse what would break the
+        // request line or the Host header.
         let path: http::uri::PathAndQuery = path
             .parse()
             .map_err(|e| HttpAdapterError(format!("bad adapter URL {url}: {e}")))?;

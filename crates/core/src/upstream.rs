@@ -11,14 +11,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use powerstrip_adapter::net::Address;
 
-use crate::body::{ProxyBody, collect_bounded};
+use crate::body::{Collect, ProxyBody, collect_bounded};
 use crate::connect::{Connector, Pool, SendError, Target};
 use crate::error::{ProxyError, root_cause};
 use crate::h1::{self, H1Error, Idle};
@@ -89,57 +87,39 @@ impl Upstream {
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, body) = request.into_parts();
-        if is_streaming_endpoint(&parts.method, parts.uri.path()) {
-            // Docker answers with a stream (logs, events, archives, images): hyper's client
-            // reads it into one reused, adaptive buffer, faster for large bodies.
+        let in_memory = match &body {
+            ProxyBody::Bytes(_) => true,
+            ProxyBody::Stream(body) => body
+                .size_hint()
+                .exact()
+                .is_some_and(|n| n <= MAX_BUFFERED_UPLOAD),
+            ProxyBody::Docker(_) => false,
+        };
+        // Uploads of unknown or large size, upgrades (attach, exec) and the endpoints
+        // Docker answers with a stream (logs, events, archives, images: hyper's client reads
+        // them into one reused, adaptive buffer) go through hyper's client.
+        if !in_memory
+            || is_upgrade(&parts.headers)
+            || is_streaming_endpoint(&parts.method, parts.uri.path())
+        {
             return self
                 .send_streaming(affinity, Request::from_parts(parts, body))
                 .await;
         }
-        let in_memory = match body {
-            ProxyBody::Bytes(body) => Some(collected(body).await),
-            ProxyBody::Stream(body) if is_upgrade(&parts.headers) => {
-                return self
-                    .send_streaming(
-                        affinity,
-                        Request::from_parts(parts, ProxyBody::Stream(body)),
-                    )
-                    .await;
+        // At most MAX_BUFFERED_UPLOAD bytes from the client, or what the proxy produced.
+        let body = match collect_bounded(body, usize::MAX).await {
+            Ok(bytes) => bytes,
+            Err(Collect::Failed(err)) => {
+                return Err(ProxyError::BadRequestBody(format!(
+                    "could not read it: {}",
+                    root_cause(err.as_ref())
+                )));
             }
-            ProxyBody::Stream(body) if body.is_end_stream() => Some(Bytes::new()),
-            ProxyBody::Stream(body)
-                if body
-                    .size_hint()
-                    .exact()
-                    .is_some_and(|n| n <= MAX_BUFFERED_UPLOAD) =>
-            {
-                Some(
-                    body.collect()
-                        .await
-                        .map_err(|err| {
-                            ProxyError::BadRequestBody(format!(
-                                "could not read it: {}",
-                                root_cause(&err)
-                            ))
-                        })?
-                        .to_bytes(),
-                )
-            }
-            body => {
-                return self
-                    .send_streaming(affinity, Request::from_parts(parts, body))
-                    .await;
+            // There is no limit here: checked above for the client's body.
+            Err(Collect::TooLarge) => {
+                return Err(ProxyError::RequestTooLarge { limit: usize::MAX });
             }
         };
-        let body = in_memory.unwrap_or_default();
-        if is_upgrade(&parts.headers) {
-            return self
-                .send_streaming(
-                    affinity,
-                    Request::from_parts(parts, crate::body::full(body)),
-                )
-                .await;
-        }
         let response = h1::send(&affinity.lean, &self.connector, &parts, body)
             .await
             .map_err(|e| self.lean_failed(&e))?;
@@ -191,14 +171,5 @@ impl Upstream {
             address: self.address.to_string(),
             reason: root_cause(err),
         }
-    }
-}
-
-/// The bytes of a body the proxy produced (one piece: returned as it is).
-async fn collected(body: http_body_util::Full<Bytes>) -> Bytes {
-    match collect_bounded(body, usize::MAX).await {
-        Ok(bytes) => bytes,
-        // A `Full` body neither fails nor exceeds `usize::MAX` bytes.
-        Err(_) => Bytes::new(),
     }
 }
