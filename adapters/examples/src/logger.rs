@@ -12,6 +12,10 @@
 //! Subscribed to events (`events = ["die", "destroy"]`) it records those too, and it
 //! records unwinds (a request it saw that did not take effect).
 //!
+//! On `SIGHUP` it reopens `file` by its path before the next record, as log rotation
+//! expects (`logrotate`'s `postrotate kill -HUP`): records then go to the new file, not
+//! to the renamed one.
+//!
 //! `elapsed_ms` is the time from this adapter's pre-hook to its post-hook for the same
 //! method and request target: Docker's time plus the hooks between them. It is absent when
 //! no matching pre-hook was seen (a later pre-hook rewrote the query, or the logger is only
@@ -20,8 +24,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use powerstrip_adapter::builtin::{Builtin, parse_options};
@@ -39,7 +44,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 #[derive(Debug)]
 pub struct Logger {
     /// Where JSON lines go, if anywhere besides the log.
-    file: Option<Mutex<File>>,
+    file: Option<LogFile>,
     /// Whether records include the request and response bodies.
     bodies: bool,
     /// When each (method, request) was pre-hooked, oldest first, to time the post-hook.
@@ -56,10 +61,11 @@ impl Logger {
         }
     }
 
-    /// Also appends one JSON line per call to `file` (created if absent).
-    pub fn with_file(mut self, file: File) -> Self {
-        self.file = Some(Mutex::new(file));
-        self
+    /// Also appends one JSON line per call to the file at `path` (created if absent), and
+    /// reopens it by that path after each `SIGHUP`.
+    pub fn with_file(mut self, path: &Path) -> std::io::Result<Self> {
+        self.file = Some(LogFile::open(path)?);
+        Ok(self)
     }
 
     /// Includes bodies in records (they may hold secrets such as environment variables).
@@ -71,10 +77,7 @@ impl Logger {
     fn record(&self, record: Value) {
         info!(target: "logger", "{record}");
         if let Some(file) = &self.file {
-            let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Err(err) = writeln!(file, "{record}") {
-                warn!(target: "logger", error = %err, "cannot append to the log file");
-            }
+            file.append(&record);
         }
     }
 
@@ -86,6 +89,89 @@ impl Logger {
 impl Default for Logger {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The file records are appended to, reopened by its path after a `SIGHUP`.
+#[derive(Debug)]
+struct LogFile {
+    path: PathBuf,
+    file: Mutex<File>,
+    /// Set by the `SIGHUP` watcher; the next record reopens the file.
+    reopen: Arc<AtomicBool>,
+    /// Set once the `SIGHUP` watcher was started (inside the first runtime that sees this
+    /// file: at build time in the proxy, at the first record in a served adapter).
+    watching: OnceLock<()>,
+}
+
+impl LogFile {
+    fn open(path: &Path) -> std::io::Result<LogFile> {
+        let file = LogFile {
+            path: path.to_owned(),
+            file: Mutex::new(Self::open_append(path)?),
+            reopen: Arc::new(AtomicBool::new(false)),
+            watching: OnceLock::new(),
+        };
+        file.watch();
+        Ok(file)
+    }
+
+    fn open_append(path: &Path) -> std::io::Result<File> {
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    /// Starts the `SIGHUP` watcher if this thread is inside a runtime and it is not
+    /// running yet. It ends at the first `SIGHUP` after this file is dropped.
+    fn watch(&self) {
+        if self.watching.get().is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.watching.get_or_init(|| {
+            // Registered now, so a SIGHUP from here on is seen (and no longer kills).
+            let hangup = {
+                let _inside = runtime.enter();
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            };
+            let mut hangup = match hangup {
+                Ok(hangup) => hangup,
+                Err(err) => {
+                    warn!(target: "logger", error = %err, "cannot watch SIGHUP; the log file will not be reopened");
+                    return;
+                }
+            };
+            let flag: Weak<AtomicBool> = Arc::downgrade(&self.reopen);
+            runtime.spawn(async move {
+                while hangup.recv().await.is_some() {
+                    match flag.upgrade() {
+                        Some(flag) => flag.store(true, Ordering::Relaxed),
+                        None => break,
+                    }
+                }
+            });
+        });
+    }
+
+    fn append(&self, record: &Value) {
+        self.watch();
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.reopen.swap(false, Ordering::Relaxed) {
+            match Self::open_append(&self.path) {
+                Ok(reopened) => {
+                    *file = reopened;
+                    info!(target: "logger", path = %self.path.display(), "reopened the log file (SIGHUP)");
+                }
+                Err(err) => {
+                    warn!(target: "logger", path = %self.path.display(), error = %err,
+                        "cannot reopen the log file; still appending to the old one");
+                }
+            }
+        }
+        if let Err(err) = writeln!(file, "{record}") {
+            warn!(target: "logger", error = %err, "cannot append to the log file");
+        }
     }
 }
 
@@ -182,12 +268,9 @@ pub fn builtin() -> Builtin {
             let options: Options = parse_options(options)?;
             let mut logger = Logger::new().with_bodies(options.bodies);
             if let Some(path) = options.file {
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
+                logger = logger
+                    .with_file(&path)
                     .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-                logger = logger.with_file(file);
             }
             Ok(Arc::new(logger))
         },
@@ -197,7 +280,7 @@ pub fn builtin() -> Builtin {
         "file",
         "path",
         Some("none (the log only)"),
-        "append one JSON line per call to this file",
+        "append one JSON line per call to this file (reopened on SIGHUP)",
     )
     .option(
         "bodies",
@@ -245,6 +328,52 @@ mod tests {
             lines[1]["elapsed_ms"].as_f64().unwrap() >= 15.0,
             "{}",
             lines[1]
+        );
+    }
+
+    #[tokio::test]
+    async fn sighup_reopens_a_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("calls.jsonl");
+        let rotated = dir.path().join("calls.jsonl.1");
+        // Built inside the runtime, as the proxy builds it: SIGHUP is watched from here on.
+        let logger = Logger::new().with_file(&path).unwrap();
+        let request = |n: u32| ClientRequest::new("GET", format!("/v1.41/info?n={n}"), None);
+        logger.pre_hook(request(1)).await.unwrap();
+        std::fs::rename(&path, &rotated).unwrap();
+        logger.pre_hook(request(2)).await.unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // The watcher sets the flag as soon as the signal is delivered.
+        let reopen = &logger.file.as_ref().unwrap().reopen;
+        for _ in 0..500 {
+            if reopen.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        logger.pre_hook(request(3)).await.unwrap();
+        let requests = |p: &Path| -> Vec<String> {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()["request"].to_string())
+                .collect()
+        };
+        let old = requests(&rotated);
+        let new = requests(&path);
+        assert_eq!(
+            old,
+            ["\"/v1.41/info?n=1\"", "\"/v1.41/info?n=2\""],
+            "before SIGHUP records go to the renamed file"
+        );
+        assert_eq!(
+            new,
+            ["\"/v1.41/info?n=3\""],
+            "after SIGHUP the next record reopens the file by its path"
         );
     }
 

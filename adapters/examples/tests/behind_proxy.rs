@@ -122,10 +122,7 @@ async fn logger_records_pre_and_post_with_the_code() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("calls.jsonl");
     let proxy = TestProxy::builder(&docker.address())
-        .adapter(
-            "logger",
-            Logger::new().with_file(std::fs::File::create(&file).unwrap()),
-        )
+        .adapter("logger", Logger::new().with_file(&file).unwrap())
         .toml(&hooked("logger", true, true))
         .start()
         .await;

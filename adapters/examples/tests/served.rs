@@ -193,3 +193,50 @@ async fn a_served_adapter_has_a_health_endpoint_and_refuses_other_methods() {
         "PUT /: POST hook calls here, or GET /healthz"
     );
 }
+
+#[test]
+fn the_served_logger_survives_sighup_and_reopens_a_rotated_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.jsonl");
+    let rotated = dir.path().join("calls.jsonl.1");
+    let mut served = Served::start(
+        env!("CARGO_BIN_EXE_powerstrip-logger"),
+        &[&format!("file={}", path.display())],
+    );
+    let host_port = served.host_port();
+    let call = |n: u32| {
+        let pre = format!(
+            r#"{{"PowerstripProtocolVersion": 1, "Type": "pre-hook", "ClientRequest": {{"Method": "GET", "Request": "/v1.41/info?n={n}", "Body": null}}}}"#
+        );
+        let (status, answer) = call_like_the_original(&host_port, &pre);
+        assert_eq!(status, 200, "{answer}");
+    };
+    call(1);
+    // What logrotate does: rename, then SIGHUP.
+    std::fs::rename(&path, &rotated).unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The next record after the signal is handled goes to a new file at the old path.
+    let mut reopened = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            served.child.try_wait().unwrap().is_none(),
+            "SIGHUP killed the adapter"
+        );
+        call(2);
+        if path.exists() {
+            reopened = true;
+            break;
+        }
+    }
+    assert!(reopened, "no new file at {} after SIGHUP", path.display());
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&path).unwrap();
+    assert!(old.contains("info?n=1"), "{old}");
+    assert_eq!(new.lines().count(), 1, "{new}");
+    assert!(new.contains("info?n=2"), "{new}");
+}

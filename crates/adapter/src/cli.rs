@@ -137,6 +137,9 @@ fn init_logging(filter: &str) {
 async fn run(name: &str, adapter: Arc<dyn crate::Adapter>, addresses: &[Address]) -> ExitCode {
     // Before anything is announced: a signal from now on is a clean shutdown.
     let shutdown = shutdown_signal();
+    // SIGHUP (log rotation, a reload by habit) never kills a served adapter; adapters that
+    // keep files watch it themselves and reopen them.
+    log_hangups();
     let mut listeners = Vec::new();
     for address in addresses {
         match Listener::bind(address).await {
@@ -154,6 +157,21 @@ async fn run(name: &str, adapter: Arc<dyn crate::Adapter>, addresses: &[Address]
     info!(adapter = name, "serving PowerstripProtocolVersion 1");
     crate::serve::serve_listeners(adapter, listeners, shutdown).await;
     ExitCode::SUCCESS
+}
+
+/// From now on, logs each SIGHUP instead of dying of it (its default action).
+fn log_hangups() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    info!("SIGHUP received");
+                }
+            });
+        }
+        Err(err) => warn!(error = %err, "cannot watch SIGHUP"),
+    }
 }
 
 /// The adapter URL for a listener: `http://host:port/` or `unix:///path`.
