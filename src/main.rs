@@ -246,6 +246,9 @@ fn describe(config: &Config) -> String {
         let _ = writeln!(out, "\n{}", endpoint.pattern);
         let _ = writeln!(out, "  pre:  {}", chain(&endpoint.pre));
         let _ = writeln!(out, "  post: {}", chain(&endpoint.post));
+        if let Some(note) = streamed_post_hooks(endpoint) {
+            let _ = writeln!(out, "  note: {note}");
+        }
     }
     if !config.adapters.is_empty() {
         let _ = writeln!(out, "\nadapters:");
@@ -273,6 +276,21 @@ fn describe(config: &Config) -> String {
         let _ = writeln!(out, "  {:<16} {kind}  ({settings})", adapter.name);
     }
     out
+}
+
+/// Why an endpoint's post-hooks will run only on Docker's error answers: every Docker
+/// endpoint its pattern hooks streams its answer, which post-hooks never see.
+fn streamed_post_hooks(endpoint: &powerstrip_config::Endpoint) -> Option<String> {
+    if endpoint.post.is_empty() {
+        return None;
+    }
+    let streamed = powerstrip_core::streaming::streamed_only(&endpoint.pattern)?;
+    Some(format!(
+        "post-hooks {} run only on Docker's error answers here: Docker streams the answer of \
+         every endpoint this pattern hooks ({}), and streamed answers skip post-hooks",
+        endpoint.post.join(", "),
+        streamed.join(", ")
+    ))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -391,6 +409,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Ok((config, chains)) => {
                 info!(config = %file.display(), endpoints = config.endpoints.len(),
                     adapters = config.adapters.len(), "configuration loaded");
+                for endpoint in &config.endpoints {
+                    if let Some(note) = streamed_post_hooks(endpoint) {
+                        warn!(pattern = %endpoint.pattern, "{note}");
+                    }
+                }
                 chains
             }
             Err(errors) => {

@@ -94,6 +94,51 @@ adapters:
 }
 
 #[test]
+fn check_says_which_post_hooks_only_ever_see_error_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check(
+        dir.path(),
+        "adapters.toml",
+        r#"version = 1
+[adapters]
+audit = "http://127.0.0.1:9000/"
+
+[[endpoints]]
+match = "POST /*/build"
+pre = ["audit"]
+post = ["audit"]
+
+[[endpoints]]
+match = "* /*/containers/*/logs"
+post = ["audit"]
+
+[[endpoints]]
+match = "POST /*/containers/create"
+post = ["audit"]
+
+[[endpoints]]
+match = "GET /*/events"
+pre = ["audit"]
+"#,
+    );
+    assert!(
+        out.status.success(),
+        "a note is not an error: {}",
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    let notes: Vec<&str> = text.lines().filter(|l| l.starts_with("  note:")).collect();
+    assert_eq!(
+        notes,
+        [
+            "  note: post-hooks audit run only on Docker's error answers here: Docker streams the answer of every endpoint this pattern hooks (POST /build), and streamed answers skip post-hooks",
+            "  note: post-hooks audit run only on Docker's error answers here: Docker streams the answer of every endpoint this pattern hooks (GET /containers/{id}/logs), and streamed answers skip post-hooks",
+        ],
+        "{text}"
+    );
+}
+
+#[test]
 fn check_reads_the_original_yaml_by_content_or_extension() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = r#"version: 1

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
-use powerstrip_protocol::{ClientRequest, HookCall, ServerResponse};
+use powerstrip_protocol::{ClientRequest, HookCall, ServerResponse, WithheldBody};
 use powerstrip_testkit::{
     AdapterReply, ChannelBody, FakeAdapter, FakeDocker, Responder, TestProxy, next_chunk,
 };
@@ -376,7 +376,7 @@ async fn json_with_parameters_counts_as_json() {
 }
 
 #[tokio::test]
-async fn non_json_request_bodies_skip_pre_hooks_and_stream_untouched() {
+async fn non_json_request_bodies_stream_untouched_and_their_pre_hooks_see_them_withheld() {
     let docker = FakeDocker::builder()
         .route(
             "POST",
@@ -391,7 +391,7 @@ async fn non_json_request_bodies_skip_pre_hooks_and_stream_untouched() {
     let proxy = proxy(
         &docker,
         &[("recorder", &recorder)],
-        &[("* *", &["recorder"], &[])],
+        &[("* *", &["recorder"], &["recorder"])],
     )
     .await;
     // A binary "tar" body, sent in chunks, with bytes that are not UTF-8.
@@ -400,7 +400,7 @@ async fn non_json_request_bodies_skip_pre_hooks_and_stream_untouched() {
     let request = tokio::spawn(async move {
         let response = client
             .request_streaming(
-                Request::post("/v1.41/build")
+                Request::post("/v1.41/build?t=web")
                     .header(header::CONTENT_TYPE, "application/x-tar")
                     .body(body)
                     .unwrap(),
@@ -419,11 +419,184 @@ async fn non_json_request_bodies_skip_pre_hooks_and_stream_untouched() {
     let answer: Value = serde_json::from_slice(&request.await.unwrap()).unwrap();
     assert_eq!(answer["received"], 16 * 64 * 1024);
     assert_eq!(docker.requests()[0].body, chunk.repeat(16));
+    let calls = recorder.calls();
+    // Docker streams build output: the post-hook is skipped.
+    let [HookCall::PreHook { client_request }] = calls.as_slice() else {
+        panic!("one pre-hook call expected: {calls:?}");
+    };
+    assert_eq!(client_request.request, "/v1.41/build?t=web");
     assert_eq!(
-        recorder.call_count(),
-        0,
-        "pre-hooks never see a non-JSON body"
+        client_request.body, None,
+        "the body is never shown to hooks"
     );
+    assert_eq!(
+        client_request.withheld,
+        Some(WithheldBody {
+            content_type: "application/x-tar".into(),
+            content_length: None,
+        }),
+        "the pre-hook is told a body streams unseen"
+    );
+    let raw = &recorder.requests()[0];
+    assert!(
+        raw.text().contains(
+            r#""Body":null,"BodyWithheld":{"ContentType":"application/x-tar","ContentLength":null}"#
+        ),
+        "{}",
+        raw.text()
+    );
+}
+
+/// A Docker that records archive uploads and answers 200.
+async fn archive_docker() -> FakeDocker {
+    FakeDocker::builder()
+        .route(
+            "PUT",
+            "/*/containers/*/archive",
+            Responder::raw(200, "", ""),
+        )
+        .route("GET", "/_ping", Responder::raw(200, "text/plain", "OK"))
+        .start_unix()
+        .await
+}
+
+/// Uploads `body` as an archive into container `abc` with a declared length.
+async fn put_archive(proxy: &TestProxy, body: &'static [u8]) -> powerstrip_testkit::TestResponse {
+    proxy
+        .client()
+        .send(
+            Request::put("/v1.41/containers/abc/archive?path=%2Ftmp")
+                .header(header::CONTENT_TYPE, "application/x-tar")
+                .body(Full::new(Bytes::from_static(body)))
+                .unwrap(),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_pre_hook_may_rewrite_the_query_of_a_request_whose_body_is_withheld() {
+    let docker = archive_docker().await;
+    let rewriter = FakeAdapter::rewrite_pre(|request| ClientRequest {
+        request: format!("{}&noOverwriteDirNonDir=true", request.request),
+        ..request.clone()
+    })
+    .await;
+    let recorder = FakeAdapter::echo().await;
+    let proxy = proxy(
+        &docker,
+        &[("rewriter", &rewriter), ("recorder", &recorder)],
+        &[("PUT /*/containers/*/archive", &["rewriter"], &["recorder"])],
+    )
+    .await;
+    let r = put_archive(&proxy, b"not json at all \xff\x00").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let seen = docker.requests();
+    assert_eq!(
+        seen[0].uri, "/v1.41/containers/abc/archive?path=%2Ftmp&noOverwriteDirNonDir=true",
+        "the rewritten query is applied"
+    );
+    assert_eq!(
+        &seen[0].body[..],
+        b"not json at all \xff\x00",
+        "the body is untouched"
+    );
+    let calls = rewriter.calls();
+    let Some(HookCall::PreHook { client_request }) = calls.first() else {
+        panic!("{calls:?}");
+    };
+    let withheld = Some(WithheldBody {
+        content_type: "application/x-tar".into(),
+        content_length: Some(18),
+    });
+    assert_eq!(client_request.withheld, withheld);
+    let calls = recorder.calls();
+    let Some(HookCall::PostHook { client_request, .. }) = calls.first() else {
+        panic!("{calls:?}");
+    };
+    assert_eq!(
+        client_request.request, seen[0].uri,
+        "the post-hook sees the request as Docker received it"
+    );
+    assert_eq!(client_request.withheld, withheld, "with its body withheld");
+}
+
+#[tokio::test]
+async fn a_pre_hook_that_returns_a_body_for_a_withheld_one_is_a_502_naming_it() {
+    let docker = archive_docker().await;
+    let inventor = FakeAdapter::rewrite_pre(|request| ClientRequest {
+        body: Some("{}".into()),
+        ..request.clone()
+    })
+    .await;
+    let proxy = proxy(
+        &docker,
+        &[("inventor", &inventor)],
+        &[("PUT /*/containers/*/archive", &["inventor"], &[])],
+    )
+    .await;
+    let r = put_archive(&proxy, b"tar bytes").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    let message = r.message();
+    assert!(message.contains("\"inventor\""), "{message}");
+    assert!(
+        message.contains("answered a Body for a request whose body was withheld"),
+        "{message}"
+    );
+    assert!(docker.requests().is_empty(), "Docker was called");
+    assert_still_serving(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_refused_upload_never_reaches_docker_and_the_client_reads_the_refusal() {
+    let docker = archive_docker().await;
+    let policy = FakeAdapter::refuse(403, r#"{"message": "no uploads here"}"#).await;
+    let proxy = proxy(
+        &docker,
+        &[("policy", &policy)],
+        &[("PUT /*/containers/*/archive", &["policy"], &[])],
+    )
+    .await;
+    // A client that keeps sending its (unbounded, chunked) body while it waits.
+    let (tx, body) = ChannelBody::channel();
+    let client = proxy.client();
+    let response = tokio::spawn(async move {
+        client
+            .request_streaming(
+                Request::put("/v1.41/containers/abc/archive?path=/")
+                    .header(header::CONTENT_TYPE, "application/x-tar")
+                    .body(body)
+                    .unwrap(),
+            )
+            .await
+    });
+    let feeder = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+        let mut sent = 0usize;
+        while tx.send(chunk.clone()).await.is_ok() && sent < 1 << 30 {
+            sent += chunk.len();
+        }
+        sent
+    });
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("the refusal comes while the client is still sending")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["message"],
+        "no uploads here"
+    );
+    let sent = tokio::time::timeout(Duration::from_secs(10), feeder)
+        .await
+        .expect("the proxy stops reading a refused body")
+        .unwrap();
+    assert!(sent < 1 << 30, "the proxy read the whole refused body");
+    assert!(docker.requests().is_empty(), "Docker was called");
+    assert_still_serving(&proxy).await;
 }
 
 #[tokio::test]
@@ -821,6 +994,76 @@ async fn chunked_responses_stream_with_hooks_configured() {
         recorder.call_count(),
         1,
         "the pre-hook ran; the post-hook was skipped"
+    );
+}
+
+#[tokio::test]
+async fn an_error_answer_from_a_streaming_endpoint_is_a_document_for_post_hooks() {
+    let docker = FakeDocker::builder()
+        .route(
+            "POST",
+            "/*/plugins/pull",
+            Responder::with(|req| {
+                if req.uri.contains("remote=missing") {
+                    powerstrip_testkit::FakeResponse::json(
+                        404,
+                        &json!({"message": "plugin missing not found"}),
+                    )
+                } else {
+                    powerstrip_testkit::FakeResponse::new(
+                        200,
+                        "application/json",
+                        "{\"status\":\"Downloading\"}\n",
+                    )
+                }
+            }),
+        )
+        .start_unix()
+        .await;
+    let enricher = FakeAdapter::rewrite_post(|response| ServerResponse {
+        body: response
+            .body
+            .as_deref()
+            .map(|b| b.replace("not found", "not found (try the registry mirror)")),
+        ..response.clone()
+    })
+    .await;
+    let proxy = proxy(
+        &docker,
+        &[("enricher", &enricher)],
+        &[("POST /*/plugins/pull", &[], &["enricher"])],
+    )
+    .await;
+    for _ in 0..3 {
+        let r = proxy
+            .client()
+            .request(Method::POST, "/v1.41/plugins/pull?remote=missing")
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            r.message(),
+            "plugin missing not found (try the registry mirror)"
+        );
+    }
+    assert_eq!(
+        enricher.call_count(),
+        3,
+        "every error answer reached the post-hook"
+    );
+    // A pull that succeeds streams: its post-hook is skipped, and counted as such.
+    let r = proxy
+        .client()
+        .request(Method::POST, "/v1.41/plugins/pull?remote=present")
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "{\"status\":\"Downloading\"}\n");
+    assert_eq!(enricher.call_count(), 3);
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.contains(
+            r#"powerstrip_hooks_skipped_total{adapter="enricher",hook="post-hook",reason="streamed"} 1"#
+        ),
+        "{metrics}"
     );
 }
 

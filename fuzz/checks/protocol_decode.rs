@@ -7,15 +7,15 @@
 //! - whatever decodes, encoded again, decodes to the same value (a float in an event may
 //!   drift by a ULP: see `json.rs`);
 //! - the input read as documents to send (fields separated by the byte `0xFF`, which UTF-8
-//!   never contains: method, request, body, content type, body, code) encodes to calls and
-//!   answers that decode to themselves.
+//!   never contains: method, request, body, content type, body, code, the content type of a
+//!   withheld body) encodes to calls and answers that decode to themselves.
 
 #[path = "json.rs"]
 mod json;
 
 use powerstrip_protocol::{
-    ClientRequest, HookCall, ServerResponse, decode_call, decode_post_answer, decode_pre_answer,
-    encode_call, encode_post_answer, encode_pre_answer,
+    ClientRequest, HookCall, ServerResponse, WithheldBody, decode_call, decode_post_answer,
+    decode_pre_answer, encode_call, encode_post_answer, encode_pre_answer,
 };
 
 /// Separates the fields of the documents-to-send reading of an input.
@@ -91,7 +91,14 @@ fn encoded_round_trips(data: &[u8]) {
         c.bytes()
             .fold(0u16, |n, b| n.wrapping_mul(31).wrapping_add(u16::from(b)))
     });
-    let request = ClientRequest::new(method, target, body);
+    let withheld = next().map(|content_type| WithheldBody {
+        content_length: u64::try_from(content_type.len())
+            .ok()
+            .filter(|n| n % 2 == 0),
+        content_type,
+    });
+    let mut request = ClientRequest::new(method, target, body);
+    request.withheld = withheld;
     check_request(&request);
     let response = ServerResponse {
         content_type,

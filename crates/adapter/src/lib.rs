@@ -72,7 +72,7 @@ pub mod tls;
 
 pub use async_trait::async_trait;
 pub use http::StatusCode;
-pub use powerstrip_protocol::{ClientRequest, DockerEvent, ServerResponse};
+pub use powerstrip_protocol::{ClientRequest, DockerEvent, ServerResponse, WithheldBody};
 
 /// One adapter: a pre-hook and a post-hook, each defaulting to "pass through unchanged".
 ///

@@ -323,6 +323,8 @@ pub(crate) async fn run_pre_as(
     target: &str,
     metrics: &Metrics,
 ) -> Result<ClientRequest, ProxyError> {
+    // A body withheld from the hooks stays withheld, whatever an adapter answers.
+    let withheld = request.withheld.clone();
     // One clock read per call: each call starts when the previous one was timed.
     let mut clock = Instant::now();
     for (i, hook) in hooks.iter().enumerate() {
@@ -337,7 +339,11 @@ pub(crate) async fn run_pre_as(
         };
         let result = call(hook, hook.adapter.pre_hook(request))
             .await
-            .and_then(|modified| check_rewrite(method, target, &modified).map(|()| modified));
+            .and_then(|mut modified| {
+                check_rewrite(method, target, withheld.is_some(), &modified)?;
+                modified.withheld.clone_from(&withheld);
+                Ok(modified)
+            });
         match finish(
             hook,
             HookType::PreHook,
@@ -539,8 +545,20 @@ fn adapter_error(hook: &Hook, kind: HookType, error: HookError) -> ProxyError {
 }
 
 /// An adapter may rewrite the query string and the body, never the method or the path:
-/// moving a request to another endpoint would bypass the chains configured for it.
-fn check_rewrite(method: &str, target: &str, after: &ClientRequest) -> Result<(), HookError> {
+/// moving a request to another endpoint would bypass the chains configured for it. A
+/// request whose body streams to Docker unseen (`withheld`) cannot be given a body.
+fn check_rewrite(
+    method: &str,
+    target: &str,
+    withheld: bool,
+    after: &ClientRequest,
+) -> Result<(), HookError> {
+    if withheld && after.body.is_some() {
+        return Err(HookError::failed(
+            "answered a Body for a request whose body was withheld (it is not JSON and streams \
+             to Docker unchanged); adapters may only refuse such a request or rewrite its query string",
+        ));
+    }
     // The common case: the adapter left the target alone.
     if after.method == method && after.request == target {
         return Ok(());

@@ -16,6 +16,7 @@
 //! - [`events`]: follows Docker's `/events` and delivers them to subscribed adapters.
 //! - [`reload`]: applies a changed configuration atomically (SIGHUP, file changes).
 //! - [`metrics`] and [`admin`]: Prometheus metrics, `/healthz`, `/readyz`.
+//! - [`streaming`]: which Docker answers are streams (never buffered, never post-hooked).
 //! - [`upstream`]: the client to Docker: a connection per client connection, and a small
 //!   pool for the proxy's own calls.
 //! - [`error`]: every failure, and the one function that turns it into a Docker-shaped
@@ -38,7 +39,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod server;
-mod streaming;
+pub mod streaming;
 pub mod upstream;
 
 pub use body::ProxyBody;

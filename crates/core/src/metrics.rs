@@ -6,6 +6,7 @@
 //! | `powerstrip_requests_in_flight` | |
 //! | `powerstrip_hook_duration_seconds` (histogram) | `adapter`, `hook` |
 //! | `powerstrip_hook_errors_total` | `adapter`, `hook`, `outcome` (`refused`, `failed`, `timeout`, `ignored`) |
+//! | `powerstrip_hooks_skipped_total` | `adapter`, `hook` (`post-hook`), `reason` (`upgraded`, `streamed`, `binary`, `untyped`) |
 //! | `powerstrip_upgraded_sessions` / `powerstrip_upgraded_sessions_opened_total` | |
 //! | `powerstrip_upstream_connect_errors_total` | |
 //! | `powerstrip_events_total` | `adapter`, `outcome` (`delivered`, `failed`, `dropped`) |
@@ -50,6 +51,19 @@ pub struct HookOutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `powerstrip_hooks_skipped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabels {
+    /// The adapter's configured name.
+    pub adapter: String,
+    /// `post-hook`.
+    pub hook: &'static str,
+    /// `upgraded` (the connection switched protocols), `streamed` (Docker streams the
+    /// endpoint's answer), `binary` (the answer is not JSON or text), `untyped` (the
+    /// answer has a body but no content type).
+    pub reason: &'static str,
+}
+
 /// Labels of `powerstrip_events_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
@@ -77,6 +91,8 @@ pub struct Metrics {
     pub hook_duration: Family<HookLabels, Histogram>,
     /// Adapter calls that did not return a document.
     pub hook_errors: Family<HookOutcomeLabels, Counter>,
+    /// Configured hooks that did not run for a request, by reason.
+    pub hooks_skipped: Family<SkipLabels, Counter>,
     /// Upgraded (attach, exec) sessions open now.
     pub sessions: Gauge,
     /// Upgraded sessions opened since start.
@@ -123,6 +139,12 @@ impl Default for Metrics {
             "Adapter calls that refused, failed, timed out or were ignored",
             hook_errors.clone(),
         );
+        let hooks_skipped = Family::<SkipLabels, Counter>::default();
+        registry.register(
+            "hooks_skipped",
+            "Configured hooks that did not run for a request (a streamed, binary or upgraded answer)",
+            hooks_skipped.clone(),
+        );
         let sessions = Gauge::default();
         registry.register(
             "upgraded_sessions",
@@ -159,6 +181,7 @@ impl Default for Metrics {
             in_flight,
             hook_duration,
             hook_errors,
+            hooks_skipped,
             sessions,
             sessions_total,
             upstream_connect_errors,

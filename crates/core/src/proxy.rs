@@ -2,12 +2,15 @@
 //! match → pre chain → Docker → post chain → respond, with the streaming bypasses.
 //!
 //! - No hook matches: headers are cleaned of hop-by-hop fields and both bodies stream.
-//! - A request body that is not JSON (a build context, an archive) skips the pre-hooks and
-//!   streams untouched; a JSON body (or none) is collected, bounded, for the hooks.
+//! - A request body that is not JSON (a build context, an archive) streams to Docker
+//!   untouched; its pre-hooks still run, told that the body was withheld (they may refuse
+//!   the request or rewrite its query string). A JSON body (or none) is collected, bounded,
+//!   for the hooks.
 //! - An upgrade (`101`: attach, exec, BuildKit sessions) becomes a two-way byte pipe with
 //!   half-close; post-hooks are skipped.
 //! - A streamed response (events, logs, build, pull, wait...) or a binary one streams
-//!   through; post-hooks are skipped.
+//!   through; post-hooks are skipped (counted in `powerstrip_hooks_skipped_total`). An
+//!   error document from a streaming endpoint is not a stream: post-hooks see it.
 //! - Otherwise Docker's answer is collected, bounded, and handed to the post-hooks, whose
 //!   final `Code`, `ContentType` and `Body` the client receives.
 
@@ -26,7 +29,8 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use powerstrip_adapter::{ClientRequest, ServerResponse};
+use powerstrip_adapter::{ClientRequest, ServerResponse, WithheldBody};
+use powerstrip_protocol::HookType;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, field, info, info_span, warn};
@@ -37,7 +41,7 @@ use crate::error::{ProxyError, root_cause};
 use crate::headers::{
     is_json, is_text, is_upgrade, media_type, set_content_length, strip_hop_by_hop,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SkipLabels};
 use crate::streaming::is_streaming_endpoint;
 use crate::upstream::{Affinity, Upstream};
 
@@ -88,7 +92,7 @@ enum RequestBody {
     Empty,
     /// A JSON body: collected and handed to hooks.
     Json,
-    /// Anything else: streamed untouched, pre-hooks skipped.
+    /// Anything else: streamed untouched; pre-hooks see `"Body": null` and `BodyWithheld`.
     Opaque,
 }
 
@@ -268,47 +272,60 @@ impl Proxy {
         // Pre-hooks that ran and want to hear if the request fails.
         let mut unwinders: &[Arc<Hook>] = &[];
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let body: ProxyBody = match classify(&parts.headers, &body) {
+        let method = parts.method.as_str();
+        // A body that is not JSON streams to Docker unseen; the hooks are told it exists.
+        let (original, stream) = match classify(&parts.headers, &body) {
             RequestBody::Opaque => {
-                if !matched.pre.is_empty() {
-                    debug!("pre-hooks skipped: the request body is not JSON");
-                }
-                docker_request = Some(ClientRequest::new(parts.method.as_str(), target, None));
-                ProxyBody::Stream(body)
+                let withheld = withheld_body(&parts.headers);
+                let request = ClientRequest::new(method, target, None).with_withheld_body(withheld);
+                (request, Some(body))
             }
-            kind => {
-                let text = match kind {
-                    RequestBody::Json => Some(self.collect_request(&parts.headers, body).await?),
-                    _ => None,
+            RequestBody::Json => {
+                let text = self.collect_request(&parts.headers, body).await?;
+                (ClientRequest::new(method, target, Some(text)), None)
+            }
+            RequestBody::Empty => (ClientRequest::new(method, target, None), None),
+        };
+        let modified = if matched.pre.is_empty() {
+            original
+        } else {
+            let refused =
+                match run_pre_as(&matched.pre, original, method, target, &self.metrics).await {
+                    Ok(modified) => apply_request(&mut parts.uri, &mut parts.headers, &modified)
+                        .map(|()| modified),
+                    Err(err) => Err(err),
                 };
-                let original = ClientRequest::new(parts.method.as_str(), target, text);
-                let modified = if matched.pre.is_empty() {
-                    original
-                } else {
-                    let modified = run_pre_as(
-                        &matched.pre,
-                        original,
-                        parts.method.as_str(),
-                        target,
-                        &self.metrics,
-                    )
-                    .await?;
-                    apply_request(&mut parts.uri, &mut parts.headers, &modified)?;
-                    if matched.pre.iter().any(|h| h.unwinds()) {
-                        unwinders = &matched.pre;
+            let modified = match refused {
+                Ok(modified) => modified,
+                Err(err) => {
+                    if let Some(stream) = stream {
+                        discard(stream);
                     }
-                    modified
-                };
-                // Post-hooks and unwinds need the request as Docker receives it.
-                let bytes = if matched.post.is_empty() && unwinders.is_empty() {
-                    Bytes::from(modified.body.unwrap_or_default())
-                } else {
+                    return Err(err);
+                }
+            };
+            if matched.pre.iter().any(|h| h.unwinds()) {
+                unwinders = &matched.pre;
+            }
+            modified
+        };
+        // Post-hooks and unwinds need the request as Docker receives it.
+        let keep = !matched.post.is_empty() || !unwinders.is_empty();
+        let body: ProxyBody = match stream {
+            Some(stream) => {
+                docker_request = keep.then_some(modified);
+                ProxyBody::Stream(stream)
+            }
+            None => {
+                let bytes = if keep {
                     let bytes = modified
                         .body
                         .as_deref()
                         .map(|t| Bytes::copy_from_slice(t.as_bytes()));
                     docker_request = Some(modified);
                     bytes.unwrap_or_default()
+                } else {
+                    Bytes::from(modified.body.unwrap_or_default())
                 };
                 if upgrade {
                     // hyper's client sends it as it is; the lean client (everything else)
@@ -345,13 +362,13 @@ impl Proxy {
             return self.relay(response, client_upgrade);
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            debug!("post-hooks skipped: the connection was upgraded");
+            self.skipped(&matched.post, Skip::Upgraded);
             return self.relay(response, client_upgrade);
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
-        if let Err(reason) = post_hookable(streams, &parts.headers, &body) {
-            debug!("post-hooks skipped: {reason}");
+        if let Err(skip) = post_hookable(streams, parts.status, &parts.headers, &body) {
+            self.skipped(&matched.post, skip);
             return Ok(Response::from_parts(parts, body));
         }
 
@@ -368,6 +385,21 @@ impl Proxy {
         let modified =
             run_post(&matched.post, &post_request, server_response, &self.metrics).await?;
         Ok(apply_response(parts, modified))
+    }
+
+    /// Logs and counts post-hooks that cannot run on this answer.
+    fn skipped(&self, hooks: &[Arc<Hook>], skip: Skip) {
+        debug!("post-hooks skipped: {}", skip.explain());
+        for hook in hooks {
+            self.metrics
+                .hooks_skipped
+                .get_or_create(&SkipLabels {
+                    adapter: hook.name().to_owned(),
+                    hook: HookType::PostHook.as_str(),
+                    reason: skip.as_str(),
+                })
+                .inc();
+        }
     }
 
     /// Collects a JSON request body for the hooks, refusing it beyond the limit.
@@ -492,17 +524,105 @@ fn apply_request(
     Ok(())
 }
 
-/// Whether Docker's answer can be handed to post-hooks: a complete JSON or text document
-/// (or no body at all) from an endpoint that does not stream.
-fn post_hookable(streams: bool, headers: &HeaderMap, body: &ProxyBody) -> Result<(), &'static str> {
-    if streams {
-        return Err("Docker streams this endpoint's response");
+/// Why post-hooks did not run on an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Skip {
+    /// The connection switched protocols (attach, exec).
+    Upgraded,
+    /// Docker streams this endpoint's answer (and it is not an error document).
+    Streamed,
+    /// The answer is not JSON or text.
+    Binary,
+    /// The answer has a body but no content type.
+    Untyped,
+}
+
+impl Skip {
+    /// The `reason` label of `powerstrip_hooks_skipped_total`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Skip::Upgraded => "upgraded",
+            Skip::Streamed => "streamed",
+            Skip::Binary => "binary",
+            Skip::Untyped => "untyped",
+        }
     }
-    match media_type(headers) {
+
+    fn explain(self) -> &'static str {
+        match self {
+            Skip::Upgraded => "the connection was upgraded",
+            Skip::Streamed => "Docker streams this endpoint's response",
+            Skip::Binary => "the response body is not JSON or text",
+            Skip::Untyped => "the response has a body but no content type",
+        }
+    }
+}
+
+/// Whether Docker's answer can be handed to post-hooks: a complete JSON or text document
+/// (or no body at all) from an endpoint that does not stream. An error answer (a status of
+/// 400 or more with a JSON body) is a document whatever the endpoint: Docker refuses a
+/// streaming call before it starts streaming.
+fn post_hookable(
+    streams: bool,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &ProxyBody,
+) -> Result<(), Skip> {
+    let media = media_type(headers);
+    let json = media.is_some_and(is_json);
+    if streams && !(status.as_u16() >= 400 && json) {
+        return Err(Skip::Streamed);
+    }
+    match media {
         None if body.is_end_stream() => Ok(()),
-        None => Err("the response has a body but no content type"),
-        Some(media) if is_json(media) || is_text(media) => Ok(()),
-        Some(_) => Err("the response body is not JSON or text"),
+        None => Err(Skip::Untyped),
+        Some(media) if json || is_text(media) => Ok(()),
+        Some(_) => Err(Skip::Binary),
+    }
+}
+
+/// The most of a refused request's body read (and dropped) while its answer goes out.
+const DISCARD_MAX_BYTES: usize = 8 << 20;
+/// The longest a refused request's body is read (and dropped) while its answer goes out.
+const DISCARD_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops what the client still sends of a body the proxy answered without
+/// forwarding (a refused upload), up to a bound in bytes and time. A client that writes
+/// its body before it reads (the docker CLI streaming a build context) then reads the
+/// refusal instead of failing on a closed connection; beyond the bound the connection
+/// closes. Go's server does the same with a refused request's body. Nothing read is kept.
+fn discard(body: Incoming) {
+    use http_body_util::BodyExt as _;
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut left = DISCARD_MAX_BYTES;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                match left.checked_sub(data.len()) {
+                    Some(rest) if rest > 0 => left = rest,
+                    _ => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_MAX_TIME, drain).await;
+    });
+}
+
+/// What hooks are told about a request body that streams to Docker unseen.
+fn withheld_body(headers: &HeaderMap) -> WithheldBody {
+    WithheldBody {
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        content_length: headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok()),
     }
 }
 

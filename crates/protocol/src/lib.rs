@@ -87,9 +87,49 @@ pub struct ClientRequest {
     /// `/v1.41/containers/create?name=web`.
     #[serde(rename = "Request")]
     pub request: String,
-    /// The request body as text (Docker bodies are JSON), or `None` when there is none.
+    /// The request body as text (Docker bodies are JSON), or `None` when there is none or
+    /// when it was withheld (see [`ClientRequest::withheld`]).
     #[serde(rename = "Body", deserialize_with = "required_nullable")]
     pub body: Option<String>,
+    /// Present when the request has a body that is not JSON (a build context, an archive):
+    /// the proxy streams it to Docker unchanged and never shows it to hooks, so `Body` is
+    /// `null`. A hook may refuse such a request or rewrite its query string, but may not
+    /// return a body for it. An extension of the original protocol (`BodyWithheld` on the
+    /// wire, absent otherwise), which adapters written for the original ignore.
+    #[serde(
+        rename = "BodyWithheld",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub withheld: Option<WithheldBody>,
+}
+
+/// What hooks are told about a request body the proxy streams to Docker without showing
+/// it to them (`BodyWithheld`): enough to decide on the request without reading it.
+///
+/// ```
+/// use powerstrip_protocol::{ClientRequest, WithheldBody};
+///
+/// let upload = ClientRequest::new("PUT", "/v1.41/containers/web/archive?path=/tmp", None)
+///     .with_withheld_body(WithheldBody {
+///         content_type: "application/x-tar".into(),
+///         content_length: Some(10240),
+///     });
+/// let json = serde_json::to_value(&upload).unwrap();
+/// assert_eq!(json["Body"], serde_json::Value::Null);
+/// assert_eq!(json["BodyWithheld"]["ContentType"], "application/x-tar");
+/// assert_eq!(json["BodyWithheld"]["ContentLength"], 10240);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithheldBody {
+    /// The body's `Content-Type` as the client sent it, or the empty string when it sent
+    /// none.
+    #[serde(rename = "ContentType", default)]
+    pub content_type: String,
+    /// The body's length in bytes when the client declared it (`Content-Length`), `None`
+    /// when it streams with no declared length (chunked).
+    #[serde(rename = "ContentLength", default)]
+    pub content_length: Option<u64>,
 }
 
 impl ClientRequest {
@@ -103,7 +143,14 @@ impl ClientRequest {
             method: method.into(),
             request: request.into(),
             body,
+            withheld: None,
         }
+    }
+
+    /// The same request, marked as having a body that streams to Docker unseen.
+    pub fn with_withheld_body(mut self, withheld: WithheldBody) -> Self {
+        self.withheld = Some(withheld);
+        self
     }
 
     /// The path part of [`ClientRequest::request`], without the query string.

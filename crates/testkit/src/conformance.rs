@@ -42,7 +42,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use powerstrip_config::AdapterUrl;
-use powerstrip_protocol::{ClientRequest, HookCall, ServerResponse, encode_call};
+use powerstrip_protocol::{ClientRequest, HookCall, ServerResponse, WithheldBody, encode_call};
 use serde_json::{Map, Value, json};
 
 use crate::net::{Address, BoxedIo, connect};
@@ -53,6 +53,9 @@ const PRE_CREATE: &str = "pre-hook on container create";
 const PRE_NULL: &str = "pre-hook with a null body";
 /// Check: a pre-hook must keep body fields it does not know.
 const PRE_UNKNOWN: &str = "pre-hook keeps unknown fields";
+/// Check: a pre-hook call whose body streams to Docker unseen (`BodyWithheld`): the answer
+/// must not invent a body.
+const PRE_WITHHELD: &str = "pre-hook with a withheld body";
 /// Check: a post-hook call on Docker's `201` answer to a create.
 const POST_CREATE: &str = "post-hook on container create";
 /// Check: a post-hook call whose `ServerResponse.Body` is `null` (a `204`).
@@ -69,10 +72,11 @@ const VERSION_2: &str = "rejects PowerstripProtocolVersion 2";
 const IN_TIME: &str = "answers within the timeout";
 
 /// The name of every check, in the order [`check`] reports them.
-pub const CHECKS: [&str; 10] = [
+pub const CHECKS: [&str; 11] = [
     PRE_CREATE,
     PRE_NULL,
     PRE_UNKNOWN,
+    PRE_WITHHELD,
     POST_CREATE,
     POST_NULL,
     POST_UNKNOWN,
@@ -437,6 +441,19 @@ fn probes() -> Vec<Probe> {
             Vec::new(),
         ),
         pre(PRE_UNKNOWN, pre_unknown, pre_kept),
+        pre(
+            PRE_WITHHELD,
+            ClientRequest::new(
+                "PUT",
+                format!("/v1.41/containers/{CONTAINER_ID}/archive?path=%2Ftmp"),
+                None,
+            )
+            .with_withheld_body(WithheldBody {
+                content_type: "application/x-tar".into(),
+                content_length: Some(10240),
+            }),
+            Vec::new(),
+        ),
         post(
             POST_CREATE,
             create,
@@ -612,6 +629,13 @@ fn judge_pre(document: &Value, sent: &ClientRequest, kept: &[Kept]) -> Result<St
             sent.path(),
             quote_str(got.path())
         ));
+    }
+    if sent.withheld.is_some() && body.is_some() {
+        return Err(
+            "answered a Body for a request whose body was withheld (BodyWithheld: it streams to \
+             Docker unseen); the Body must stay null"
+                .to_owned(),
+        );
     }
     keeps(OWNER, body, kept)?;
     let mut changes = Vec::new();

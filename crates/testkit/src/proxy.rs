@@ -23,6 +23,8 @@ pub struct TestProxy {
     unix: Address,
     /// The TCP address clients reach it at.
     tcp: Address,
+    /// What the proxy counts (the admin listener's `/metrics`).
+    metrics: Arc<powerstrip_core::metrics::Metrics>,
     /// Resolving it starts a graceful shutdown.
     stop: Option<oneshot::Sender<()>>,
     /// Holds the socket's directory for the proxy's lifetime.
@@ -78,6 +80,11 @@ impl TestProxy {
     /// A client talking to the proxy over TCP.
     pub fn tcp_client(&self) -> TestClient {
         TestClient::for_address(self.tcp.clone())
+    }
+
+    /// The proxy's metrics now, in Prometheus' text format (what `/metrics` serves).
+    pub fn metrics(&self) -> String {
+        self.metrics.encode()
     }
 }
 
@@ -146,6 +153,7 @@ impl TestProxyBuilder {
         .expect("TestProxy: binding 127.0.0.1:0");
         let (unix_address, tcp_address) = (unix.local_address(), tcp.local_address());
         let proxy = Arc::new(Proxy::new(Upstream::new(&self.docker), chains, self.limits));
+        let metrics = proxy.metrics().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(powerstrip_core::serve(
             vec![unix, tcp],
@@ -161,6 +169,7 @@ impl TestProxyBuilder {
         TestProxy {
             unix: unix_address,
             tcp: tcp_address,
+            metrics,
             stop: Some(stop),
             _dir: dir,
         }

@@ -8,17 +8,19 @@ use powerstrip_testkit::conformance::{CHECKS, CheckResult, Options, Report, chec
 use powerstrip_testkit::{AdapterReply, FakeAdapter, FakeDocker, FakeResponse, Responder};
 use serde_json::{Value, json};
 
-const PRE_HOOK_CHECKS: [&str; 3] = [
+const PRE_HOOK_CHECKS: [&str; 4] = [
     "pre-hook on container create",
     "pre-hook with a null body",
     "pre-hook keeps unknown fields",
+    "pre-hook with a withheld body",
 ];
 
 /// Every check that sends a valid hook call (pre and post).
-const HOOK_CHECKS: [&str; 7] = [
+const HOOK_CHECKS: [&str; 8] = [
     "pre-hook on container create",
     "pre-hook with a null body",
     "pre-hook keeps unknown fields",
+    "pre-hook with a withheld body",
     "post-hook on container create",
     "post-hook with a null body",
     "post-hook keeps unknown fields",
@@ -93,7 +95,7 @@ async fn the_echo_adapter_passes_every_check() {
         CHECKS
     );
     let text = report.to_string();
-    assert!(text.ends_with("10 passed, 0 failed"), "{text}");
+    assert!(text.ends_with("11 passed, 0 failed"), "{text}");
     assert!(
         text.lines()
             .take(CHECKS.len())
@@ -114,14 +116,14 @@ async fn the_echo_adapter_passes_every_check() {
 
     // Each call went out as the proxy sends it, each on its own connection.
     let requests = adapter.requests();
-    assert_eq!(requests.len(), 9);
+    assert_eq!(requests.len(), 10);
     for request in &requests {
         assert_eq!(request.method, "POST");
         assert_eq!(request.uri, "/hook");
         assert_eq!(request.header("content-type"), Some("application/json"));
     }
-    assert_eq!(adapter.connections(), 9);
-    assert_eq!(adapter.calls().len(), 7);
+    assert_eq!(adapter.connections(), 10);
+    assert_eq!(adapter.calls().len(), 8);
     assert_eq!(adapter.bad_calls().len(), 2);
     assert_eq!(adapter.bad_calls()[0], "this is not json");
     // The create call is a realistic one.
@@ -162,7 +164,7 @@ async fn docker_style_refusals_pass_the_hook_checks_and_malformed_calls_still_ge
             "{report}"
         );
     }
-    assert_eq!(adapter.calls().len(), 7);
+    assert_eq!(adapter.calls().len(), 8);
 }
 
 #[tokio::test]
@@ -317,7 +319,7 @@ async fn an_adapter_that_changes_the_path_fails_the_pre_hook_checks() {
 #[tokio::test]
 async fn an_adapter_that_changes_the_method_fails_the_pre_hook_checks() {
     let adapter = FakeAdapter::rewrite_pre(|request| ClientRequest {
-        method: "PUT".into(),
+        method: "PATCH".into(),
         ..request.clone()
     })
     .await;
@@ -325,7 +327,7 @@ async fn an_adapter_that_changes_the_method_fails_the_pre_hook_checks() {
     assert_failed_exactly(&report, &PRE_HOOK_CHECKS);
     assert!(
         problem(&report, "pre-hook on container create")
-            .starts_with(r#"changed the Method from "POST" to "PUT""#),
+            .starts_with(r#"changed the Method from "POST" to "PATCH""#),
         "{report}"
     );
 }
@@ -403,7 +405,7 @@ async fn a_lax_adapter_on_a_unix_socket_fails_the_rejection_checks() {
     );
     // Over a unix socket, hooks are POSTed to `/`, as the proxy does.
     let requests = adapter.requests();
-    assert_eq!(requests.len(), 9);
+    assert_eq!(requests.len(), 10);
     for request in &requests {
         assert_eq!(
             (request.method.as_str(), request.uri.as_str()),
@@ -433,14 +435,14 @@ async fn an_adapter_that_closes_mid_answer_fails_with_the_reason() {
     })
     .await;
     let report = run(&adapter).await;
-    let mut expected = HOOK_CHECKS[3..].to_vec();
+    let mut expected = HOOK_CHECKS[4..].to_vec();
     expected.push(IN_TIME);
     assert_failed_exactly(&report, &expected);
     let closed = problem(&report, "post-hook on container create");
     assert!(closed.starts_with("no complete answer: "), "{closed}");
     assert!(
         problem(&report, IN_TIME)
-            .starts_with("4 of 9 calls got no answer; the first: no complete answer: "),
+            .starts_with("4 of 10 calls got no answer; the first: no complete answer: "),
         "{report}"
     );
 }
@@ -469,11 +471,11 @@ async fn an_adapter_that_hangs_fails_the_hung_checks_and_the_timeout_check() {
     }
     assert_eq!(
         problem(&report, IN_TIME),
-        "3 of 9 calls got no answer within 300 ms: pre-hook on container create, pre-hook \
-         with a null body, pre-hook keeps unknown fields"
+        "4 of 10 calls got no answer within 300 ms: pre-hook on container create, pre-hook \
+         with a null body, pre-hook keeps unknown fields, pre-hook with a withheld body"
     );
     assert!(result(&report, IN_TIME).elapsed >= timeout);
-    assert_eq!(adapter.calls().len(), 7);
+    assert_eq!(adapter.calls().len(), 8);
 }
 
 #[tokio::test]
@@ -546,11 +548,11 @@ async fn an_unreachable_adapter_fails_every_check_without_panicking() {
     }
     assert!(
         problem(&report, IN_TIME).starts_with(&format!(
-            "9 of 9 calls got no answer; the first: cannot connect to {url}: "
+            "10 of 10 calls got no answer; the first: cannot connect to {url}: "
         )),
         "{report}"
     );
-    assert!(report.to_string().ends_with("0 passed, 10 failed"));
+    assert!(report.to_string().ends_with("0 passed, 11 failed"));
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("unix://{}/missing.sock", dir.path().display());
@@ -614,4 +616,25 @@ fn the_report_prints_one_line_per_check_then_the_counts() {
     assert!(!report.is_success());
     assert!(!Report::default().is_success());
     assert_eq!(Options::default().timeout, Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn an_adapter_that_invents_a_body_fails_only_the_withheld_body_check() {
+    // Written as if every request had a JSON body: a null one becomes "{}".
+    let adapter = FakeAdapter::rewrite_pre(|request| ClientRequest {
+        body: Some(request.body.clone().unwrap_or_else(|| "{}".into())),
+        ..request.clone()
+    })
+    .await;
+    let report = run(&adapter).await;
+    let failed = failed(&report);
+    assert!(
+        failed.contains(&"pre-hook with a withheld body"),
+        "{report}"
+    );
+    assert_eq!(
+        problem(&report, "pre-hook with a withheld body"),
+        "answered a Body for a request whose body was withheld (BodyWithheld: it streams to \
+         Docker unseen); the Body must stay null"
+    );
 }
