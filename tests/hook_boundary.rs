@@ -210,3 +210,283 @@ async fn a_pass_through_pre_hook_on_archive_copies_1_gib_intact_without_bufferin
     assert_eq!(inside.code, 0, "{inside:?}");
     assert_eq!(&inside.out()[..64], sum, "the copied bytes differ");
 }
+
+// ---------------------------------------------------------------------------------------
+// The path Docker routes
+
+/// A hooked endpoint, a request Docker routes to it, and how to tell from Docker's answer
+/// that it routed a request to that endpoint, whatever the name in the path (the requests
+/// are chosen to leave nothing behind: no such image, container or volume, or a read).
+struct Hooked {
+    name: &'static str,
+    pattern: &'static str,
+    method: &'static str,
+    path: &'static str,
+    body: &'static str,
+    routed: fn(u16, &str) -> bool,
+}
+
+const HOOKED: [Hooked; 8] = [
+    Hooked {
+        name: "create",
+        pattern: "POST /*/containers/create",
+        method: "POST",
+        path: "/v1.41/containers/create",
+        body: r#"{"Image":"powerstrip-e2e-nosuch-image"}"#,
+        routed: |status, body| status == 404 && body.contains("No such image: "),
+    },
+    Hooked {
+        name: "create",
+        pattern: "POST /*/containers/create",
+        method: "POST",
+        path: "/containers/create",
+        body: r#"{"Image":"powerstrip-e2e-nosuch-image"}"#,
+        routed: |status, body| status == 404 && body.contains("No such image: "),
+    },
+    Hooked {
+        name: "inspect",
+        pattern: "GET /*/containers/*/json",
+        method: "GET",
+        path: "/v1.41/containers/powerstrip-e2e-nosuch-inspect/json",
+        body: "",
+        routed: |status, body| status == 404 && body.contains("No such container: "),
+    },
+    Hooked {
+        name: "start",
+        pattern: "POST /*/containers/*/start",
+        method: "POST",
+        path: "/v1.41/containers/powerstrip-e2e-nosuch-start/start",
+        body: "",
+        routed: |status, body| status == 404 && body.contains("No such container: "),
+    },
+    Hooked {
+        name: "image",
+        pattern: "GET /*/images/*/json",
+        method: "GET",
+        path: "/v1.41/images/busybox:local/json",
+        body: "",
+        routed: |status, body| {
+            (status == 200 && body.contains("\"RepoTags\""))
+                || (status == 404 && body.contains("No such image: "))
+        },
+    },
+    Hooked {
+        name: "volume",
+        pattern: "DELETE /*/volumes/*",
+        method: "DELETE",
+        path: "/v1.41/volumes/powerstrip-e2e-nosuch-volume",
+        body: "",
+        routed: |status, body| status == 404 && body.contains("no such volume"),
+    },
+    Hooked {
+        name: "info",
+        pattern: "GET /*/info",
+        method: "GET",
+        path: "/v1.41/info",
+        body: "",
+        routed: |status, body| status == 200 && body.contains("\"KernelVersion\""),
+    },
+    Hooked {
+        name: "ping",
+        pattern: "GET /_ping",
+        method: "GET",
+        path: "/_ping",
+        body: "",
+        routed: |status, body| status == 200 && body == "OK",
+    },
+];
+
+/// Docker's answer to a path its router does not route: a redirect to the cleaned path,
+/// or its "page not found".
+fn routed_nowhere(status: u16, body: &str) -> bool {
+    status == 301 || (status == 404 && body.contains("page not found"))
+}
+
+/// One request written as raw bytes (the target exactly as given) on a new connection to
+/// a unix socket; the answer's status and body.
+async fn raw_request(
+    socket: &std::path::Path,
+    method: &str,
+    target: &str,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no answer to {method} {target} within 10 s"))
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body.trim_end().to_owned())
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Deterministic spellings of `path`: each byte raw or percent-escaped (either case), with
+/// now and then a doubled slash, a dot segment, an escaped NUL or `?`, or a trailing slash.
+fn spellings(path: &str, count: usize, seed: u64) -> Vec<String> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let mut path = path.to_owned();
+        let at = 1 + (next() as usize) % (path.len() - 1);
+        match next() % 10 {
+            0 => path.insert(at, '/'),
+            1 => path.insert_str(at, "/./"),
+            2 => path.insert_str(at, "/x/../"),
+            3 => path.insert(at, '\0'),
+            4 => path.insert(at, '?'),
+            5 => path.push('/'),
+            _ => {}
+        }
+        let mut spelled = String::new();
+        for b in path.bytes() {
+            let plain = b.is_ascii_alphanumeric() || b"-._~:@/".contains(&b);
+            match next() % 3 {
+                0 => spelled.push_str(&format!("%{b:02X}")),
+                1 if plain => spelled.push(char::from(b)),
+                1 => spelled.push_str(&format!("%{b:02x}")),
+                _ if plain => spelled.push(char::from(b)),
+                _ => spelled.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out.push(spelled);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_docker_routes_to_a_hooked_endpoint_reaches_its_hook() {
+    if !require_docker() {
+        return;
+    }
+    // One refusing adapter per endpoint, naming it.
+    let mut adapters = Vec::new();
+    let mut config = String::from("version = 1\n[adapters]\n");
+    let mut endpoints = String::new();
+    for hooked in HOOKED
+        .iter()
+        .filter(|h| h.path.starts_with("/v1.41") || h.name == "ping")
+    {
+        let adapter =
+            FakeAdapter::refuse(403, &format!(r#"{{"message": "hooked: {}"}}"#, hooked.name)).await;
+        config.push_str(&format!("{} = {:?}\n", hooked.name, adapter.url()));
+        endpoints.push_str(&format!(
+            "\n[[endpoints]]\nmatch = {:?}\npre = [{:?}]\n",
+            hooked.pattern, hooked.name
+        ));
+        adapters.push(adapter);
+    }
+    config.push_str(&endpoints);
+    let proxy = ProxyProcess::start(Some(&config));
+    let docker = std::path::Path::new(support::DOCKER_SOCKET);
+
+    let mut tried = 0;
+    for (i, hooked) in HOOKED.iter().enumerate() {
+        // The oracle: Docker's answer to the plain path is recognised as routed there.
+        let (status, body) = raw_request(docker, hooked.method, hooked.path, hooked.body).await;
+        assert!(
+            (hooked.routed)(status, &body),
+            "{} {}: Docker answered {status} {body}",
+            hooked.method,
+            hooked.path
+        );
+        let mut variants = spellings(hooked.path, 40, 0x5EED + i as u64);
+        variants.push(hooked.path.to_owned());
+        if hooked.path == "/v1.41/containers/create" {
+            // The two spellings this protection was first shown to be missing for.
+            variants.push("/v1.41/containers/%63reate".into());
+            variants.push("/v1.41/containers%2Fcreate".into());
+        }
+        let (mut hooked_count, mut refused_count) = (0, 0);
+        for variant in &variants {
+            tried += 1;
+            let direct = raw_request(docker, hooked.method, variant, hooked.body).await;
+            let through = raw_request(proxy.socket(), hooked.method, variant, hooked.body).await;
+            let docker_routes_here = (hooked.routed)(direct.0, &direct.1);
+            let what = format!(
+                "{} {variant}: Docker answered {} {}; through the proxy {} {}",
+                hooked.method, direct.0, direct.1, through.0, through.1
+            );
+            if through.0 == 400 && through.1.contains("powerstrip: refused the request path") {
+                refused_count += 1;
+                continue;
+            }
+            if through.0 == 403 {
+                assert!(
+                    through.1.contains(&format!("hooked: {}", hooked.name)),
+                    "the wrong hook ran: {what}"
+                );
+                // A glob such as `/*/containers/create` also matches paths Docker routes
+                // nowhere (`/vX/containers/create`): a stricter answer, never another
+                // endpoint's policy.
+                assert!(
+                    docker_routes_here || routed_nowhere(direct.0, &direct.1),
+                    "the proxy hooked a spelling Docker routes elsewhere: {what}"
+                );
+                hooked_count += 1;
+                continue;
+            }
+            assert!(
+                !docker_routes_here,
+                "a spelling Docker routes to a hooked endpoint got past its hook: {what}"
+            );
+            assert_eq!(
+                through.0, direct.0,
+                "a spelling no hook matches is answered as Docker answers it: {what}"
+            );
+        }
+        assert!(
+            hooked_count > 1 && refused_count > 0,
+            "{}: {hooked_count} spellings hooked, {refused_count} refused of {}",
+            hooked.path,
+            variants.len()
+        );
+    }
+    eprintln!("{tried} spellings checked against the real daemon");
+    // The proxy answered every one of them and keeps serving.
+    let (status, _) = raw_request(proxy.socket(), "GET", "/v1.41/version", "").await;
+    assert_eq!(status, 200);
+}

@@ -600,6 +600,87 @@ async fn a_refused_upload_never_reaches_docker_and_the_client_reads_the_refusal(
 }
 
 #[tokio::test]
+async fn hooks_and_docker_get_the_path_docker_routes_in_one_spelling() {
+    let docker = FakeDocker::builder()
+        .route(
+            "GET",
+            "/*/images/*/json",
+            Responder::raw(200, "application/json", "{}"),
+        )
+        .start_unix()
+        .await;
+    let recorder = FakeAdapter::echo().await;
+    let proxy = proxy(
+        &docker,
+        &[("recorder", &recorder)],
+        &[("GET /*/images/*/json", &["recorder"], &[])],
+    )
+    .await;
+    // As docker-py sends a digest, with a escaped letter besides; the query stays as sent.
+    let r = proxy
+        .client()
+        .get("/v1.41/images/busybox%40sha256%3Aab%63/json?x=%41")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let expected = "/v1.41/images/busybox@sha256:abc/json?x=%41";
+    let calls = recorder.calls();
+    let Some(HookCall::PreHook { client_request }) = calls.first() else {
+        panic!("the hook did not run: {calls:?}");
+    };
+    assert_eq!(client_request.request, expected);
+    assert_eq!(docker.requests()[0].uri, expected);
+}
+
+#[tokio::test]
+async fn a_path_docker_would_read_another_way_is_a_400_naming_it() {
+    let docker = echo_docker().await;
+    let recorder = FakeAdapter::echo().await;
+    let proxy = proxy(
+        &docker,
+        &[("recorder", &recorder)],
+        &[("POST /*/containers/create", &["recorder"], &[])],
+    )
+    .await;
+    for (path, reason) in [
+        ("/v1.41/x/%2e%2E/containers/create", "a \"..\" segment"),
+        ("/v1.41//containers/create", "an empty segment"),
+        ("/v1.41/containers/cre%00ate", "the control character '\\0'"),
+        (
+            "/v1.41/containers/%zzcreate",
+            "an invalid percent-escape at byte 18",
+        ),
+        ("/v1.41/containers/%ffcreate", "not UTF-8"),
+    ] {
+        let r = proxy
+            .client()
+            .post_json(path, &json!({"Image": "busybox"}))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.text());
+        let message = r.message();
+        assert!(
+            message.starts_with(&format!("powerstrip: refused the request path {path:?}: ")),
+            "{message}"
+        );
+        assert!(message.contains(reason), "{path}: {message}");
+    }
+    assert!(docker.requests().is_empty(), "Docker was called");
+    assert_eq!(recorder.call_count(), 0);
+    assert_still_serving(&proxy).await;
+}
+
+#[tokio::test]
+async fn without_endpoints_every_path_passes_exactly_as_sent() {
+    let docker = FakeDocker::builder()
+        .route("GET", "*", Responder::raw(200, "text/plain", "OK"))
+        .start_unix()
+        .await;
+    let proxy = TestProxy::start(&docker.address(), "version = 1").await;
+    let r = proxy.client().get("/v1.41//containers/%6Ason").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(docker.requests()[0].uri, "/v1.41//containers/%6Ason");
+}
+
+#[tokio::test]
 async fn an_adapter_that_changes_the_path_or_method_is_refused_by_name() {
     let mover = FakeAdapter::rewrite_pre(|request| ClientRequest {
         request: "/v1.41/containers/other/start".into(),

@@ -23,7 +23,9 @@
 //! [`DockerPath::query`] are slices of the target as the client sent it. Docker's router
 //! percent-decodes the path before matching it, so `/containers/w%65b/st%61rt` starts `web`.
 //! [`DockerPath::matches`] and the id getters decode the same way, so that a policy built on
-//! them sees the request as Docker will.
+//! them sees the request as Docker will. (Behind powerstrip with endpoints configured, the
+//! target already arrives in one canonical spelling: escapes decoded but for `%`, `?`, `#`
+//! and characters a path cannot hold as they are.)
 
 use std::borrow::Cow;
 

@@ -23,6 +23,15 @@ pub enum ProxyError {
     /// The client's body could not be read, or is not what its `Content-Type` says.
     #[error("bad request body: {0}")]
     BadRequestBody(String),
+    /// The request's path is one Docker would route differently from how it reads: hooks
+    /// could not be trusted to see it, so it is refused.
+    #[error("refused the request path {path:?}: {reason}")]
+    BadPath {
+        /// The path as the client sent it (shortened if long).
+        path: String,
+        /// What is wrong with it.
+        reason: crate::target::PathError,
+    },
     /// An adapter refused the call, failed, or timed out.
     #[error("adapter {adapter:?} {hook}: {error}")]
     Adapter {
@@ -60,7 +69,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequestBody(_) | ProxyError::BadPath { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Adapter { error, .. } => error.status(),
             ProxyError::DockerUnreachable { .. }
             | ProxyError::DockerBody(_)

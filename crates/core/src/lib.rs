@@ -16,6 +16,8 @@
 //! - [`events`]: follows Docker's `/events` and delivers them to subscribed adapters.
 //! - [`reload`]: applies a changed configuration atomically (SIGHUP, file changes).
 //! - [`metrics`] and [`admin`]: Prometheus metrics, `/healthz`, `/readyz`.
+//! - [`target`]: the path Docker routes (percent-decoded), which patterns are matched
+//!   against, and its one canonical spelling, which hooks and Docker receive.
 //! - [`streaming`]: which Docker answers are streams (never buffered, never post-hooked).
 //! - [`upstream`]: the client to Docker: a connection per client connection, and a small
 //!   pool for the proxy's own calls.
@@ -40,6 +42,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod streaming;
+pub mod target;
 pub mod upstream;
 
 pub use body::ProxyBody;

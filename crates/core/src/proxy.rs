@@ -1,6 +1,9 @@
 //! One request's path through the proxy:
 //! match → pre chain → Docker → post chain → respond, with the streaming bypasses.
 //!
+//! - With endpoints configured, the path is matched as Docker routes it (percent-decoded,
+//!   see [`crate::target`]) and respelled canonically for hooks and Docker; a path Docker
+//!   would read another way is refused with `400`.
 //! - No hook matches: headers are cleaned of hop-by-hop fields and both bodies stream.
 //! - A request body that is not JSON (a build context, an archive) streams to Docker
 //!   untouched; its pre-hooks still run, told that the body was withheld (they may refuse
@@ -14,6 +17,7 @@
 //! - Otherwise Docker's answer is collected, bounded, and handed to the post-hooks, whose
 //!   final `Code`, `ContentType` and `Body` the client receives.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -43,6 +47,7 @@ use crate::headers::{
 };
 use crate::metrics::{Metrics, SkipLabels};
 use crate::streaming::is_streaming_endpoint;
+use crate::target;
 use crate::upstream::{Affinity, Upstream};
 
 /// The largest body handed to hooks by default (request or response), 32 MiB.
@@ -151,7 +156,7 @@ impl Proxy {
     /// Docker connection). Never fails: every error becomes a Docker-shaped response.
     pub async fn handle(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         affinity: &Affinity,
     ) -> Response<ProxyBody> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -171,13 +176,20 @@ impl Proxy {
         let in_flight = InFlight::enter(&metrics.in_flight);
         async move {
             let chains = self.chains.load_full();
-            let matched = chains.matched(request.method().as_str(), request.uri().path());
+            let (matched, refused) = match route(&chains, &mut request) {
+                Ok(matched) => (matched, None),
+                Err(err) => (Matched::default(), Some(err)),
+            };
             let hooked = !matched.is_empty();
             let label = matched.label.clone();
             if let Some(label) = &label {
                 recorder.record("patterns", field::display(label));
             }
-            let response = match self.forward(request, &matched, affinity).await {
+            let forwarded = match refused {
+                Some(err) => Err(err),
+                None => self.forward(request, &matched, affinity).await,
+            };
+            let response = match forwarded {
                 Ok(response) => response,
                 Err(err) => {
                     if matches!(err, ProxyError::DockerUnreachable { .. }) {
@@ -488,6 +500,54 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let (proxy, affinity) = (self.proxy.clone(), self.affinity.clone());
         Box::pin(async move { Ok(proxy.handle(request, &affinity).await) })
+    }
+}
+
+/// The hooks a request runs, matched against the path Docker will route (see
+/// [`crate::target`]); a path spelled otherwise than canonically is respelled in the
+/// request, so hooks and Docker see what was matched. With no endpoint configured, every
+/// request passes exactly as sent.
+fn route<'c>(
+    chains: &'c Chains,
+    request: &mut Request<Incoming>,
+) -> Result<Matched<'c>, ProxyError> {
+    if chains.is_empty() {
+        return Ok(Matched::default());
+    }
+    let (matched, respelled) = {
+        let uri = request.uri();
+        let canonical = target::canonical(uri.path()).map_err(|reason| ProxyError::BadPath {
+            path: shorten(uri.path()),
+            reason,
+        })?;
+        let matched = chains.matched(request.method().as_str(), &canonical.routed);
+        let respelled = match canonical.path {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(path) => Some(match uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            }),
+        };
+        (matched, respelled)
+    };
+    if let Some(target) = respelled {
+        let mut parts = request.uri().clone().into_parts();
+        // Only characters a request target may hold: canonical() escaped the others.
+        parts.path_and_query = Some(target.parse().map_err(|e| {
+            ProxyError::BadRequestBody(format!("respelled request target {target:?}: {e}"))
+        })?);
+        *request.uri_mut() = Uri::from_parts(parts).map_err(|e| {
+            ProxyError::BadRequestBody(format!("respelled request target {target:?}: {e}"))
+        })?;
+    }
+    Ok(matched)
+}
+
+/// A client's text for a message: at most 200 characters.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(200) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
     }
 }
 
