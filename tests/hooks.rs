@@ -616,7 +616,7 @@ async fn hooks_and_docker_get_the_path_docker_routes_in_one_spelling() {
         &[("GET /*/images/*/json", &["recorder"], &[])],
     )
     .await;
-    // As docker-py sends a digest, with a escaped letter besides; the query stays as sent.
+    // As docker-py sends a digest, with an escaped letter besides; the query stays as sent.
     let r = proxy
         .client()
         .get("/v1.41/images/busybox%40sha256%3Aab%63/json?x=%41")
