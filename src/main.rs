@@ -12,11 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use powerstrip_adapter::context::{Context, Settings};
 use powerstrip_adapter::net::BindOptions;
-use powerstrip_config::{AdapterKind, Config, ConfigErrors};
+use powerstrip_config::{AdapterKind, Config, StoreBackend, StoreSection};
 use powerstrip_core::{
     Address, Builtins, ChainOptions, Chains, Limits, Listener, Proxy, ServerOptions, Upstream,
 };
+use powerstrip_store::StoreOptions;
+use powerstrip_store::nodes::Registration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -50,6 +53,16 @@ enum Command {
     },
     /// List the adapters built into this binary (`builtin = "..."`) with their options.
     Adapters,
+    /// List the live nodes of the cluster store a configuration names.
+    Nodes {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Show what adapters keep in the cluster store (read-only).
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Check an HTTP adapter (in any language) against PowerstripProtocolVersion 1.
     ///
     /// Calls it as the proxy does — pre- and post-hooks, null bodies, unknown fields,
@@ -61,6 +74,37 @@ enum Command {
         /// How long each call may take.
         #[arg(long, default_value = "10s", value_parser = humantime_duration)]
         timeout: Duration,
+    },
+}
+
+/// Where `nodes` and `state` find the store: the `[store]` section of a configuration, and
+/// the state directory (for the embedded store's default file).
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// The configuration whose `[store]` to read (none: the embedded default).
+    #[arg(long, short = 'c', env = "POWERSTRIP_CONFIG")]
+    config: Option<PathBuf>,
+    /// The state directory of the node (where the embedded store lives by default).
+    #[arg(long, env = "POWERSTRIP_STATE_DIR", default_value = powerstrip_adapter::context::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// List the keys under a prefix (all when none), with their revision and size.
+    Ls {
+        /// The key prefix, e.g. "nodes/".
+        #[arg(default_value = "")]
+        prefix: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Print one key's value.
+    Get {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -150,6 +194,82 @@ struct ServeArgs {
     /// How often the configuration file is checked for changes (SIGHUP reloads at once).
     #[arg(long, env = "POWERSTRIP_CONFIG_POLL", default_value = "1s", value_parser = humantime_duration)]
     config_poll: Duration,
+
+    /// The node's state directory: the embedded store, the node's id, each adapter's
+    /// directory.
+    #[arg(long, env = "POWERSTRIP_STATE_DIR", default_value = powerstrip_adapter::context::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+
+    /// This node's name in the cluster; default: the host name. Several proxies on one
+    /// machine are several nodes.
+    #[arg(long, env = "POWERSTRIP_NODE_NAME")]
+    node_name: Option<String>,
+
+    /// Where other nodes reach this one (an IP address or host name); default: the host
+    /// name's address.
+    #[arg(long, env = "POWERSTRIP_NODE_ADDRESS")]
+    node_address: Option<String>,
+
+    /// A label of this node, KEY=VALUE (repeatable).
+    #[arg(long = "node-label", value_name = "KEY=VALUE", value_parser = key_value)]
+    node_labels: Vec<(String, String)>,
+
+    /// How long this node stays registered in the cluster after it stops renewing its
+    /// registration (it crashed, or lost the store).
+    #[arg(long, env = "POWERSTRIP_NODE_TTL", default_value = "10s", value_parser = humantime_duration)]
+    node_ttl: Duration,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
+}
+
+/// The store options a configuration's `[store]` section names, with the embedded file's
+/// default under `state_dir`.
+fn store_options(section: &StoreSection, state_dir: &Path) -> StoreOptions {
+    let timeout = section.timeout.unwrap_or(powerstrip_store::DEFAULT_TIMEOUT);
+    match &section.backend {
+        StoreBackend::Embedded { path } => StoreOptions::Embedded {
+            path: path
+                .clone()
+                .unwrap_or_else(|| powerstrip_store::embedded::default_path(state_dir)),
+            timeout,
+        },
+        StoreBackend::Etcd {
+            endpoints,
+            prefix,
+            ca,
+            identity,
+            user,
+        } => StoreOptions::Etcd(powerstrip_store::EtcdOptions {
+            endpoints: endpoints.clone(),
+            prefix: prefix.clone(),
+            user: user.clone(),
+            ca: ca.clone(),
+            identity: identity.clone(),
+            timeout,
+        }),
+    }
+}
+
+/// A store in words, for `check` and the log.
+fn describe_store(options: &StoreOptions) -> String {
+    match options {
+        StoreOptions::Embedded { path, .. } => format!("embedded {}", path.display()),
+        StoreOptions::Etcd(etcd) => format!(
+            "etcd {} prefix {}{}",
+            etcd.endpoints.join(","),
+            etcd.prefix,
+            if etcd.ca.is_some() || etcd.identity.is_some() {
+                ", TLS"
+            } else {
+                ""
+            }
+        ),
+    }
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -172,6 +292,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { file } => check(&file),
         Command::Conformance { url, timeout } => conformance(&url, timeout),
+        Command::Nodes { store } => inspect(&store, Inspect::Nodes),
+        Command::State { command } => match command {
+            StateCommand::Ls { prefix, store } => inspect(&store, Inspect::List(prefix)),
+            StateCommand::Get { key, store } => inspect(&store, Inspect::Get(key)),
+        },
         Command::Adapters => {
             for builtin in builtins().iter() {
                 println!("{}", builtin.describe());
@@ -201,20 +326,23 @@ fn init_logging() {
         .init();
 }
 
-/// Loads a configuration and builds its chains: everything is validated before any port
-/// is bound.
-fn load(file: &Path, options: ChainOptions) -> Result<(Config, Chains), ConfigErrors> {
-    let config = powerstrip_config::load(file)?;
-    let chains = Chains::build(&config, &builtins(), options)?;
-    Ok((config, chains))
-}
-
-fn check(file: &Path) -> ExitCode {
+/// Validates a configuration completely: its builtins are built (with their options) in a
+/// context of their own — an in-memory store, background tasks stopped at once — so that
+/// nothing real is touched.
+#[tokio::main(flavor = "current_thread")]
+async fn check(file: &Path) -> ExitCode {
     let options = ChainOptions {
         max_answer: powerstrip_core::proxy::DEFAULT_MAX_HOOK_BODY,
     };
-    match load(file, options) {
-        Ok((config, _)) => {
+    let validated = async {
+        let config = powerstrip_config::load(file)?;
+        let ctx = Context::in_memory();
+        let built = Chains::build(&config, &builtins(), options, &ctx);
+        ctx.shutdown(Duration::from_secs(1)).await;
+        built.map(|_| config)
+    };
+    match validated.await {
+        Ok(config) => {
             print!("{}", describe(&config));
             ExitCode::SUCCESS
         }
@@ -223,6 +351,101 @@ fn check(file: &Path) -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// What `nodes` and `state` show.
+enum Inspect {
+    Nodes,
+    List(String),
+    Get(String),
+}
+
+/// Reads the store a configuration names, read-only: the embedded file (also while the
+/// proxy has it open), or etcd.
+#[tokio::main(flavor = "current_thread")]
+async fn inspect(args: &StoreArgs, what: Inspect) -> ExitCode {
+    let section = match &args.config {
+        None => StoreSection::default(),
+        Some(file) => match powerstrip_config::load(file) {
+            Ok(config) => config.store,
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    let options = store_options(&section, &args.state_dir);
+    let prefix = match &what {
+        Inspect::Nodes => powerstrip_store::nodes::PREFIX.to_owned(),
+        Inspect::List(prefix) | Inspect::Get(prefix) => prefix.clone(),
+    };
+    let listing = match &options {
+        StoreOptions::Embedded { path, .. } => {
+            powerstrip_store::Embedded::read_only_list(path, &prefix)
+        }
+        StoreOptions::Etcd(etcd) => match powerstrip_store::Etcd::connect(etcd).await {
+            Ok(store) => powerstrip_store::Store::list(&store, &prefix).await,
+            Err(e) => Err(e),
+        },
+    };
+    let listing = match listing {
+        Ok(listing) => listing,
+        Err(e) => {
+            eprintln!("powerstrip: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match what {
+        Inspect::Nodes => {
+            println!("{:<20} {:<34} {:<16} LABELS", "NAME", "ID", "ADDRESS");
+            let mut nodes: Vec<powerstrip_store::nodes::Node> = listing
+                .kvs
+                .iter()
+                .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+                .collect();
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            for node in nodes {
+                let labels: Vec<String> = node
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!(
+                    "{:<20} {:<34} {:<16} {}",
+                    node.name,
+                    node.id,
+                    node.address,
+                    labels.join(",")
+                );
+            }
+        }
+        Inspect::List(_) => {
+            println!("{:<60} {:>10} {:>8} LEASE", "KEY", "REVISION", "BYTES");
+            for kv in &listing.kvs {
+                let lease = kv.lease.map_or_else(|| "-".to_owned(), |l| l.to_string());
+                println!(
+                    "{:<60} {:>10} {:>8} {lease}",
+                    kv.key,
+                    kv.mod_revision,
+                    kv.value.len()
+                );
+            }
+        }
+        Inspect::Get(key) => match listing.kvs.iter().find(|kv| kv.key == key) {
+            Some(kv) => match serde_json::from_slice::<serde_json::Value>(&kv.value) {
+                Ok(json) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json).unwrap_or_default()
+                ),
+                Err(_) => println!("{}", String::from_utf8_lossy(&kv.value)),
+            },
+            None => {
+                eprintln!("powerstrip: no key {key:?} in {}", describe_store(&options));
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    ExitCode::SUCCESS
 }
 
 /// What `check` prints: each endpoint with its chains, then each adapter with its settings.
@@ -235,6 +458,11 @@ fn describe(config: &Config) -> String {
         config.endpoints.len(),
         config.adapters.len()
     );
+    let store = store_options(
+        &config.store,
+        Path::new(powerstrip_adapter::context::DEFAULT_STATE_DIR),
+    );
+    let _ = writeln!(out, "store: {}", describe_store(&store));
     let chain = |names: &[String]| {
         if names.is_empty() {
             "(none)".to_owned()
@@ -404,10 +632,43 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let options = ChainOptions {
         max_answer: args.max_hook_body,
     };
-    let chains = match &args.config {
-        Some(file) => match load(file, options) {
-            Ok((config, chains)) => {
-                info!(config = %file.display(), endpoints = config.endpoints.len(),
+    let config = match &args.config {
+        Some(file) => match powerstrip_config::load(file) {
+            Ok(config) => Some(config),
+            Err(errors) => {
+                eprintln!("{errors}");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+        },
+        None => None,
+    };
+    // The adapters' context: the cluster store, the real Docker, this node.
+    let settings = Settings {
+        store: store_options(
+            config
+                .as_ref()
+                .map_or(&StoreSection::default(), |c| &c.store),
+            &args.state_dir,
+        ),
+        docker: args.docker.clone(),
+        state_dir: args.state_dir.clone(),
+        node_name: args.node_name.clone(),
+        node_address: args.node_address.clone(),
+        node_labels: args.node_labels.iter().cloned().collect(),
+    };
+    let ctx = match Context::open(&settings).await {
+        Ok(ctx) => ctx,
+        Err(err) => {
+            eprintln!("powerstrip: {err}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    info!(store = %describe_store(&settings.store), node = %ctx.node().name,
+        id = %ctx.node().id, address = %ctx.node().address, "node");
+    let chains = match &config {
+        Some(config) => match Chains::build(config, &builtins(), options, &ctx) {
+            Ok(chains) => {
+                info!(config = %config.origin, endpoints = config.endpoints.len(),
                     adapters = config.adapters.len(), "configuration loaded");
                 for endpoint in &config.endpoints {
                     if let Some(note) = streamed_post_hooks(endpoint) {
@@ -465,6 +726,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_hook_body: args.max_hook_body,
         },
     ));
+    // This node, alive in the cluster for as long as this process keeps its lease.
+    let registration = match Registration::register(
+        ctx.store().clone(),
+        ctx.node().clone(),
+        args.node_ttl,
+    )
+    .await
+    {
+        Ok(registration) => Some(registration),
+        Err(err) => {
+            warn!(error = %err, "cannot register this node; adapters that need the cluster will refuse calls until the store answers");
+            None
+        }
+    };
     for listener in &listeners {
         // The line operators copy into their shell.
         println!("export DOCKER_HOST={}", listener.local_address());
@@ -480,13 +755,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let watcher = match args.config.clone() {
         Some(path) => {
             let builtins = builtins();
+            let (ctx, store) = (ctx.clone(), settings.store.clone());
+            let state_dir = args.state_dir.clone();
             tokio::spawn(powerstrip_core::reload::watch_config(
                 proxy.clone(),
                 path,
                 args.config_poll,
                 hangup,
                 move |file: &Path| {
-                    Chains::build(&powerstrip_config::load(file)?, &builtins, options)
+                    let config = powerstrip_config::load(file)?;
+                    if store_options(&config.store, &state_dir) != store {
+                        warn!("the [store] section changed; it takes effect at the next restart");
+                    }
+                    Chains::build(&config, &builtins, options, &ctx)
                 },
             ))
         }
@@ -519,11 +800,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             stop.cancel();
         }
     };
-    powerstrip_core::serve(listeners, proxy, server_options, shutdown).await;
+    powerstrip_core::serve(listeners, proxy.clone(), server_options, shutdown).await;
     stop.cancel();
     watcher.abort();
     if let Some(admin) = admin {
         let _ = admin.await;
+    }
+    // The adapters' background work stops, then the node leaves the cluster at once
+    // rather than when its lease runs out.
+    proxy.replace_chains(Chains::default());
+    ctx.shutdown(args.grace).await;
+    if let Some(registration) = registration
+        && let Err(err) = registration.deregister().await
+    {
+        warn!(error = %err, "cannot deregister this node; it expires with its lease");
     }
     Ok(ExitCode::SUCCESS)
 }

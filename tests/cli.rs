@@ -16,8 +16,18 @@ use powerstrip_testkit::TestClient;
 /// parallel; the default admin port would collide).
 fn powerstrip() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_powerstrip"));
-    command.env("POWERSTRIP_ADMIN", "none");
     command
+        .env("POWERSTRIP_ADMIN", "none")
+        .env("POWERSTRIP_STATE_DIR", state_dir());
+    command
+}
+
+/// A state directory of its own for each `serve` (an embedded store is one process's
+/// file), under cargo's scratch directory for tests.
+fn state_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-state-{}-{n}", std::process::id()))
 }
 
 fn check(dir: &Path, name: &str, text: &str) -> Output {
@@ -77,6 +87,7 @@ post = ["weave"]
     assert_eq!(
         stdout(&out),
         "adapters.toml: ok, 2 endpoint(s), 2 adapter(s)
+store: embedded /var/lib/powerstrip/state/store.redb
 
 POST /*/containers/create
   pre:  flocker -> weave

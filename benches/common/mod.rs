@@ -82,7 +82,9 @@ pub fn chains(config: &Config) -> Chains {
     let options = ChainOptions {
         max_answer: powerstrip_core::proxy::DEFAULT_MAX_HOOK_BODY,
     };
-    match Chains::build(config, &builtins, options) {
+    // The in-process null adapter needs no store: an in-memory one for the context.
+    let ctx = powerstrip_adapter::Context::in_memory();
+    match Chains::build(config, &builtins, options, &ctx) {
         Ok(chains) => chains,
         Err(errors) => panic!("bench chains refused: {errors}"),
     }

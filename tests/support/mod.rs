@@ -120,6 +120,12 @@ impl ProxyProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Kills the proxy with SIGKILL (no clean-up of its own) and reaps it.
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The proxy's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -380,6 +386,8 @@ impl ProxyOptions {
             .args(&self.args)
             .env("RUST_LOG", &self.filter)
             .env("NO_COLOR", "1")
+            // Its store, node id and adapters' files: in its own directory.
+            .env("POWERSTRIP_STATE_DIR", dir.path().join("state"))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap());
         if let Some(text) = &self.config {

@@ -132,7 +132,7 @@ pub fn builtin() -> Builtin {
     Builtin::new(
         "image-policy",
         "refuses containers from images outside an allow-list, or that run as root",
-        |options| {
+        |options, _ctx| {
             let options: Options = parse_options(options)?;
             Ok(Arc::new(ImagePolicy::new(
                 &options.allow,
@@ -254,13 +254,19 @@ mod tests {
     fn bad_patterns_are_option_errors() {
         let mut options = powerstrip_adapter::builtin::Options::new();
         options.insert("allow".into(), serde_json::json!(["busybox:[1"]));
-        let err = builtin().build(&options).err().unwrap();
+        let err = builtin()
+            .build(&options, &powerstrip_adapter::Context::in_memory())
+            .err()
+            .unwrap();
         assert!(
             err.starts_with("allow: bad image pattern \"busybox:[1\""),
             "{err}"
         );
         let err = builtin()
-            .build(&powerstrip_adapter::builtin::Options::new())
+            .build(
+                &powerstrip_adapter::builtin::Options::new(),
+                &powerstrip_adapter::Context::in_memory(),
+            )
             .err()
             .unwrap();
         assert!(err.contains("missing field `allow`"), "{err}");

@@ -264,7 +264,7 @@ pub fn builtin() -> Builtin {
     Builtin::new(
         "logger",
         "records each call it sees and how long Docker took",
-        |options| {
+        |options, _ctx| {
             let options: Options = parse_options(options)?;
             let mut logger = Logger::new().with_bodies(options.bodies);
             if let Some(path) = options.file {
@@ -300,7 +300,9 @@ mod tests {
         let path = dir.path().join("calls.jsonl");
         let mut options = powerstrip_adapter::builtin::Options::new();
         options.insert("file".into(), json!(path));
-        let logger = builtin().build(&options).unwrap();
+        let logger = builtin()
+            .build(&options, &powerstrip_adapter::Context::in_memory())
+            .unwrap();
         let request = ClientRequest::new("POST", "/v1.41/containers/create", Some("{}".into()));
         let passed = logger.pre_hook(request.clone()).await.unwrap();
         assert_eq!(passed, request);
@@ -381,7 +383,10 @@ mod tests {
     fn a_file_that_cannot_be_opened_is_a_clear_error() {
         let mut options = powerstrip_adapter::builtin::Options::new();
         options.insert("file".into(), json!("/nonexistent/dir/calls.jsonl"));
-        let err = builtin().build(&options).err().unwrap();
+        let err = builtin()
+            .build(&options, &powerstrip_adapter::Context::in_memory())
+            .err()
+            .unwrap();
         assert!(
             err.starts_with("cannot open /nonexistent/dir/calls.jsonl"),
             "{err}"

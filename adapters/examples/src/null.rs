@@ -30,7 +30,7 @@ pub fn builtin() -> Builtin {
     Builtin::new(
         "null",
         "passes everything through unchanged (a template, and a yardstick)",
-        |options| match options.keys().next() {
+        |options, _ctx| match options.keys().next() {
             Some(key) => Err(format!("takes no options, got {key:?}")),
             None => Ok(Arc::new(Null)),
         },

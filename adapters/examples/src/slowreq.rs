@@ -61,10 +61,14 @@ fn default_delay() -> Duration {
 
 /// `slowreq` as a builtin: `{ builtin = "slowreq", delay = "500ms" }`.
 pub fn builtin() -> Builtin {
-    Builtin::new("slowreq", "delays every request it hooks", |options| {
-        let options: Options = parse_options(options)?;
-        Ok(Arc::new(SlowReq::new(options.delay)))
-    })
+    Builtin::new(
+        "slowreq",
+        "delays every request it hooks",
+        |options, _ctx| {
+            let options: Options = parse_options(options)?;
+            Ok(Arc::new(SlowReq::new(options.delay)))
+        },
+    )
     .option(
         "delay",
         "duration",
@@ -80,9 +84,17 @@ mod tests {
     #[test]
     fn options_are_checked() {
         let mut options = powerstrip_adapter::builtin::Options::new();
-        assert!(builtin().build(&options).is_ok(), "delay has a default");
+        assert!(
+            builtin()
+                .build(&options, &powerstrip_adapter::Context::in_memory())
+                .is_ok(),
+            "delay has a default"
+        );
         options.insert("delay".into(), "soon".into());
-        let err = builtin().build(&options).err().unwrap();
+        let err = builtin()
+            .build(&options, &powerstrip_adapter::Context::in_memory())
+            .err()
+            .unwrap();
         assert!(err.contains("bad duration \"soon\""), "{err}");
     }
 }

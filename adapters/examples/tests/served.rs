@@ -14,12 +14,18 @@ use powerstrip_testkit::conformance;
 struct Served {
     child: Child,
     url: String,
+    /// Its state directory (its embedded store), removed when dropped.
+    _state: tempfile::TempDir,
 }
 
 impl Served {
     fn start(binary: &str, sets: &[&str]) -> Served {
+        let state = tempfile::tempdir().unwrap();
         let mut command = Command::new(binary);
-        command.args(["--listen", "tcp://127.0.0.1:0", "--log", "warn"]);
+        command
+            .args(["--listen", "tcp://127.0.0.1:0", "--log", "warn"])
+            .arg("--state-dir")
+            .arg(state.path());
         for set in sets {
             command.args(["--set", set]);
         }
@@ -37,7 +43,11 @@ impl Served {
             url.starts_with("http://127.0.0.1:"),
             "{binary} printed {line:?}"
         );
-        Served { child, url }
+        Served {
+            child,
+            url,
+            _state: state,
+        }
     }
 
     fn host_port(&self) -> String {

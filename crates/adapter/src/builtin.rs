@@ -25,17 +25,18 @@
 //!     delay: Duration,
 //! }
 //!
-//! let pause = Builtin::new("pause", "waits before each hooked request", |options| {
+//! let pause = Builtin::new("pause", "waits before each hooked request", |options, _ctx| {
 //!     let options: Options = parse_options(options)?;
 //!     Ok(Arc::new(Pause(options.delay)))
 //! })
 //! .option("delay", "duration", None, "how long to wait");
 //!
+//! let ctx = powerstrip_adapter::Context::in_memory();
 //! let mut options = serde_json::Map::new();
 //! options.insert("delay".into(), "5ms".into());
-//! assert!(pause.build(&options).is_ok());
+//! assert!(pause.build(&options, &ctx).is_ok());
 //! options.insert("dleay".into(), "5ms".into());
-//! let error = pause.build(&options).err().unwrap_or_default();
+//! let error = pause.build(&options, &ctx).err().unwrap_or_default();
 //! assert!(error.contains("unknown field `dleay`"), "{error}");
 //! ```
 
@@ -44,14 +45,16 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use crate::Adapter;
+use crate::{Adapter, Context};
 
 /// An adapter's options as the operator wrote them (the keys of its table in
 /// `adapters.toml` besides `builtin`, `timeout` and `failure`).
 pub type Options = serde_json::Map<String, serde_json::Value>;
 
-/// Builds an adapter from its options, or says what is wrong with them.
-pub type Factory = Arc<dyn Fn(&Options) -> Result<Arc<dyn Adapter>, String> + Send + Sync>;
+/// Builds an adapter from its options and the [`Context`] it runs in, or says what is wrong
+/// with the options.
+pub type Factory =
+    Arc<dyn Fn(&Options, &Context) -> Result<Arc<dyn Adapter>, String> + Send + Sync>;
 
 /// An adapter a binary can link: its name, what it does, its options, and how to build it.
 #[derive(Clone)]
@@ -86,7 +89,7 @@ impl Builtin {
     /// A builtin named `name` built by `factory`.
     pub fn new<F>(name: impl Into<String>, summary: impl Into<String>, factory: F) -> Self
     where
-        F: Fn(&Options) -> Result<Arc<dyn Adapter>, String> + Send + Sync + 'static,
+        F: Fn(&Options, &Context) -> Result<Arc<dyn Adapter>, String> + Send + Sync + 'static,
     {
         Builtin {
             name: name.into(),
@@ -101,7 +104,7 @@ impl Builtin {
     /// told of unwinds, in case it implements them.
     pub fn from_adapter(name: impl Into<String>, adapter: impl Adapter) -> Self {
         let adapter: Arc<dyn Adapter> = Arc::new(adapter);
-        Builtin::new(name, "an adapter instance", move |options| {
+        Builtin::new(name, "an adapter instance", move |options, _ctx| {
             if let Some(key) = options.keys().next() {
                 return Err(format!("takes no options, got {key:?}"));
             }
@@ -156,8 +159,8 @@ impl Builtin {
     }
 
     /// Builds an instance from `options`.
-    pub fn build(&self, options: &Options) -> Result<Arc<dyn Adapter>, String> {
-        (self.factory)(options)
+    pub fn build(&self, options: &Options, ctx: &Context) -> Result<Arc<dyn Adapter>, String> {
+        (self.factory)(options, ctx)
     }
 
     /// A human description: the summary, then one line per option.
@@ -223,7 +226,7 @@ mod tests {
 
     #[test]
     fn describe_lists_options_with_defaults() {
-        let builtin = Builtin::new("x", "does x", |_| Ok(Arc::new(Nothing)))
+        let builtin = Builtin::new("x", "does x", |_, _| Ok(Arc::new(Nothing)))
             .option("delay", "duration", Some("1s"), "how long")
             .option("allow", "list of strings", None, "what is allowed");
         assert_eq!(
@@ -235,11 +238,18 @@ mod tests {
     #[test]
     fn an_instance_takes_no_options() {
         let builtin = Builtin::from_adapter("fixed", Nothing);
-        assert!(builtin.build(&Options::new()).is_ok());
+        assert!(
+            builtin
+                .build(&Options::new(), &crate::Context::in_memory())
+                .is_ok()
+        );
         let mut options = Options::new();
         options.insert("x".into(), 1.into());
         assert_eq!(
-            builtin.build(&options).err().unwrap(),
+            builtin
+                .build(&options, &crate::Context::in_memory())
+                .err()
+                .unwrap(),
             "takes no options, got \"x\""
         );
     }

@@ -6,7 +6,7 @@
 //! # use powerstrip_adapter::{builtin::Builtin, Adapter};
 //! # struct Null;
 //! # impl Adapter for Null {}
-//! # fn builtin() -> Builtin { Builtin::new("null", "passes everything", |_| Ok(Arc::new(Null))) }
+//! # fn builtin() -> Builtin { Builtin::new("null", "passes everything", |_, _| Ok(Arc::new(Null))) }
 //! fn main() -> std::process::ExitCode {
 //!     powerstrip_adapter::cli::main(builtin())
 //! }
@@ -17,7 +17,8 @@
 //! it parses, e.g. `--set 'allow=["busybox:*"]'`, else as a string), and `--log FILTER`.
 //! It prints the URL to put in `adapters.toml` for each listener, then serves until SIGTERM
 //! or SIGINT. Options are the same as in-process (`builtin = "..."`), built by the same
-//! [`Builtin`].
+//! [`Builtin`], with the same [`Context`](crate::Context), made from `--store`, `--docker`,
+//! `--state-dir`, `--node-name` and `--node-address` as `powerstrip serve` makes it.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,7 +26,12 @@ use std::sync::Arc;
 use clap::{Arg, ArgAction, Command};
 use tracing::{info, warn};
 
+use std::path::PathBuf;
+
+use powerstrip_store::StoreOptions;
+
 use crate::builtin::{Builtin, Options};
+use crate::context::{Context, Settings};
 use crate::net::{Address, Listener};
 
 /// Exit status for bad flags or options (EX_USAGE).
@@ -47,10 +53,10 @@ pub fn main(builtin: Builtin) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let adapter = match builtin.build(&options) {
-        Ok(adapter) => adapter,
+    let settings = match settings(&matches, builtin.name()) {
+        Ok(settings) => settings,
         Err(err) => {
-            eprintln!("{}: bad options: {err}", builtin.name());
+            eprintln!("{}: {err}", builtin.name());
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -67,7 +73,117 @@ pub fn main(builtin: Builtin) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(builtin.name(), adapter, &addresses))
+    runtime.block_on(async {
+        // Bad options are a usage error found before anything real is opened or created.
+        let scratch = Context::in_memory();
+        let checked = builtin.build(&options, &scratch);
+        scratch.shutdown(std::time::Duration::from_secs(1)).await;
+        if let Err(err) = checked {
+            eprintln!("{}: bad options: {err}", builtin.name());
+            return ExitCode::from(EXIT_USAGE);
+        }
+        let ctx = match Context::open(&settings).await {
+            Ok(ctx) => ctx,
+            Err(err) => {
+                eprintln!("{}: {err}", builtin.name());
+                return ExitCode::FAILURE;
+            }
+        };
+        let ctx = ctx.for_adapter(builtin.name());
+        let adapter = match builtin.build(&options, &ctx) {
+            Ok(adapter) => adapter,
+            Err(err) => {
+                eprintln!("{}: bad options: {err}", builtin.name());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        let code = run(builtin.name(), adapter, &addresses).await;
+        ctx.shutdown(std::time::Duration::from_secs(5)).await;
+        code
+    })
+}
+
+/// The context's settings from the flags. A served adapter keeps its state apart from the
+/// proxy's by default (`/var/lib/powerstrip/served/<name>`): an embedded store is one
+/// process's file; share state through etcd.
+fn settings(matches: &clap::ArgMatches, name: &str) -> Result<Settings, String> {
+    let state_dir = matches
+        .get_one::<PathBuf>("state-dir")
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/powerstrip/served").join(name));
+    let spec = matches
+        .get_one::<String>("store")
+        .map_or("embedded", String::as_str);
+    let mut store = store_spec(spec, &state_dir)?;
+    if let StoreOptions::Etcd(etcd) = &mut store {
+        if let Some(prefix) = matches.get_one::<String>("store-prefix") {
+            etcd.prefix.clone_from(prefix);
+        }
+        etcd.ca = matches.get_one::<PathBuf>("store-ca").cloned();
+        etcd.identity = match (
+            matches.get_one::<PathBuf>("store-cert"),
+            matches.get_one::<PathBuf>("store-key"),
+        ) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => return Err("--store-cert and --store-key go together".into()),
+        };
+        etcd.user = match (
+            matches.get_one::<String>("store-user"),
+            matches.get_one::<String>("store-password"),
+        ) {
+            (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+            (None, None) => None,
+            _ => return Err("--store-user and --store-password go together".into()),
+        };
+    }
+    Ok(Settings {
+        store,
+        docker: matches
+            .get_one::<Address>("docker")
+            .cloned()
+            .unwrap_or_else(|| Address::Unix("/var/run/docker.sock".into())),
+        state_dir,
+        node_name: matches.get_one::<String>("node-name").cloned(),
+        node_address: matches.get_one::<String>("node-address").cloned(),
+        node_labels: Default::default(),
+    })
+}
+
+/// A store named on the command line: `embedded` (the file `store.redb` in the state
+/// directory), `embedded:/path/file.redb`, or `etcd:http://HOST:2379[,http://...]`.
+pub fn store_spec(spec: &str, state_dir: &std::path::Path) -> Result<StoreOptions, String> {
+    let timeout = powerstrip_store::DEFAULT_TIMEOUT;
+    if spec == "embedded" {
+        return Ok(StoreOptions::Embedded {
+            path: powerstrip_store::embedded::default_path(state_dir),
+            timeout,
+        });
+    }
+    if let Some(path) = spec.strip_prefix("embedded:") {
+        return Ok(StoreOptions::Embedded {
+            path: PathBuf::from(path),
+            timeout,
+        });
+    }
+    if let Some(endpoints) = spec.strip_prefix("etcd:") {
+        let endpoints: Vec<&str> = endpoints.split(',').filter(|e| !e.is_empty()).collect();
+        if endpoints.is_empty()
+            || !endpoints
+                .iter()
+                .all(|e| e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(format!(
+                "--store {spec:?}: expected etcd:http://HOST:PORT[,http://HOST:PORT...]"
+            ));
+        }
+        return Ok(StoreOptions::Etcd(powerstrip_store::EtcdOptions::new(
+            endpoints,
+        )));
+    }
+    Err(format!(
+        "--store {spec:?}: expected embedded, embedded:/path/file.redb or etcd:http://HOST:PORT,..."
+    ))
 }
 
 fn command(builtin: &Builtin) -> Command {
@@ -100,6 +216,30 @@ fn command(builtin: &Builtin) -> Command {
                 .action(ArgAction::Append)
                 .help("Sets an option; VALUE is read as JSON if it parses (numbers, lists), else as text"),
         )
+        .arg(
+            Arg::new("store")
+                .long("store")
+                .env("POWERSTRIP_STORE")
+                .value_name("STORE")
+                .help("The cluster store: embedded, embedded:/path/file.redb, or etcd:http://HOST:2379[,...] [default: embedded, in the state directory]"),
+        )
+        .arg(Arg::new("store-prefix").long("store-prefix").value_name("PREFIX").help("etcd: the cluster's key prefix [default: /powerstrip/default/]"))
+        .arg(Arg::new("store-ca").long("store-ca").value_name("PEM").value_parser(clap::value_parser!(PathBuf)).help("etcd: CA certificate of the members"))
+        .arg(Arg::new("store-cert").long("store-cert").value_name("PEM").value_parser(clap::value_parser!(PathBuf)).help("etcd: client certificate"))
+        .arg(Arg::new("store-key").long("store-key").value_name("PEM").value_parser(clap::value_parser!(PathBuf)).help("etcd: client key"))
+        .arg(Arg::new("store-user").long("store-user").value_name("USER").help("etcd: user"))
+        .arg(Arg::new("store-password").long("store-password").env("POWERSTRIP_STORE_PASSWORD").hide_env_values(true).value_name("PASSWORD").help("etcd: password"))
+        .arg(
+            Arg::new("docker")
+                .long("docker")
+                .env("POWERSTRIP_DOCKER")
+                .value_name("ADDR")
+                .value_parser(clap::value_parser!(Address))
+                .help("The real Docker daemon the adapter may call [default: unix:///var/run/docker.sock]"),
+        )
+        .arg(Arg::new("state-dir").long("state-dir").env("POWERSTRIP_STATE_DIR").value_name("DIR").value_parser(clap::value_parser!(PathBuf)).help("The adapter's state directory [default: /var/lib/powerstrip/served/NAME]"))
+        .arg(Arg::new("node-name").long("node-name").env("POWERSTRIP_NODE_NAME").value_name("NAME").help("This node's name [default: the host name]"))
+        .arg(Arg::new("node-address").long("node-address").env("POWERSTRIP_NODE_ADDRESS").value_name("ADDR").help("Where peers reach this node [default: the host name's address]"))
         .arg(
             Arg::new("log")
                 .long("log")
@@ -241,6 +381,6 @@ mod tests {
     fn command_is_well_formed() {
         struct Null;
         impl crate::Adapter for Null {}
-        command(&Builtin::new("null", "passes", |_| Ok(Arc::new(Null)))).debug_assert();
+        command(&Builtin::new("null", "passes", |_, _| Ok(Arc::new(Null)))).debug_assert();
     }
 }

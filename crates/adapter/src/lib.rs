@@ -18,6 +18,8 @@
 //!   string helpers ([`RequestExt`](path::RequestExt)).
 //! - [`builtin`]: [`Builtin`](builtin::Builtin), an adapter's name, options and factory, so
 //!   the `powerstrip` binary can link it (`builtin = "..."`) and [`cli`] can serve it.
+//! - [`context`]: what a factory is handed besides options: the cluster store, a Docker
+//!   client for the real daemon, this node's identity, a state directory, background tasks.
 //! - [`serve`]: the HTTP server for an adapter ([`serve::serve`], [`serve::answer`]).
 //! - [`cli`]: a ready-made `main` for an adapter binary (`--listen`, `--set`, `--log`).
 //! - [`tls`]: rustls configurations in Docker's model (server identity, client
@@ -64,6 +66,7 @@
 
 pub mod builtin;
 pub mod cli;
+pub mod context;
 pub mod docker;
 pub mod net;
 pub mod path;
@@ -71,8 +74,10 @@ pub mod serve;
 pub mod tls;
 
 pub use async_trait::async_trait;
+pub use context::Context;
 pub use http::StatusCode;
 pub use powerstrip_protocol::{ClientRequest, DockerEvent, ServerResponse, WithheldBody};
+pub use powerstrip_store as store;
 
 /// One adapter: a pre-hook and a post-hook, each defaulting to "pass through unchanged".
 ///

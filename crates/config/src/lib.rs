@@ -46,7 +46,10 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use model::{AdapterDef, AdapterKind, Config, Endpoint, EventFilter, FailurePolicy};
+pub use model::{
+    AdapterDef, AdapterKind, Config, DEFAULT_ETCD_PREFIX, Endpoint, EventFilter, FailurePolicy,
+    StoreBackend, StoreSection,
+};
 pub use pattern::{Pattern, PatternError, PatternSet};
 pub use url::AdapterUrl;
 

@@ -16,6 +16,9 @@ pub struct Config {
     pub endpoints: Vec<Endpoint>,
     /// Every adapter defined, in file order; each endpoint's chains name only these.
     pub adapters: Vec<AdapterDef>,
+    /// Where adapters keep their cluster state (`[store]`); the embedded default when the
+    /// file has no such section.
+    pub store: StoreSection,
 }
 
 impl Config {
@@ -25,6 +28,7 @@ impl Config {
             origin: "<empty>".to_owned(),
             endpoints: Vec::new(),
             adapters: Vec::new(),
+            store: StoreSection::default(),
         }
     }
 
@@ -68,6 +72,66 @@ impl Config {
             .filter(move |e| e.pattern.matches_request(&request))
     }
 }
+
+/// The `[store]` section: the cluster state adapters share.
+///
+/// ```toml
+/// [store]                          # the default: one file on this host
+/// backend = "embedded"
+/// path = "/var/lib/powerstrip/state/store.redb"   # default: store.redb in the state directory
+///
+/// [store]                          # several hosts: etcd v3
+/// backend = "etcd"
+/// endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379", "https://10.0.0.3:2379"]
+/// prefix = "/powerstrip/prod/"     # default "/powerstrip/default/"
+/// ca = "ca.pem"                    # TLS: the members' CA; cert and key: a client certificate
+/// cert = "client.pem"
+/// key = "client-key.pem"
+/// user = "powerstrip"              # etcd authentication
+/// password = "..."
+/// timeout = "5s"                   # any call; default 5s
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreSection {
+    /// Which backend, and its settings.
+    pub backend: StoreBackend,
+    /// How long one call may take; `None` for the default (5 s).
+    pub timeout: Option<Duration>,
+    /// Line of `[store]` in the file (0 when absent).
+    pub line: usize,
+}
+
+/// A store backend and its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// One crash-safe file on this host.
+    Embedded {
+        /// The file; `None` for `store.redb` in the node's state directory.
+        path: Option<PathBuf>,
+    },
+    /// An etcd v3 cluster.
+    Etcd {
+        /// Client URLs of the members.
+        endpoints: Vec<String>,
+        /// Key prefix of this cluster.
+        prefix: String,
+        /// CA certificate (PEM) for `https://` members.
+        ca: Option<PathBuf>,
+        /// Client certificate and key (PEM).
+        identity: Option<(PathBuf, PathBuf)>,
+        /// User and password.
+        user: Option<(String, String)>,
+    },
+}
+
+impl Default for StoreBackend {
+    fn default() -> Self {
+        StoreBackend::Embedded { path: None }
+    }
+}
+
+/// The etcd key prefix when `[store]` names none.
+pub const DEFAULT_ETCD_PREFIX: &str = "/powerstrip/default/";
 
 /// A hooked endpoint: a pattern and the adapters to call around Docker.
 #[derive(Clone, Debug)]

@@ -324,7 +324,7 @@ fn unknown_keys_say_where_they_were_found() {
     assert_eq!(
         toml_errors("version = 1\nbogus = 2\n"),
         [
-            r#"adapters.toml:2: unknown key "bogus" at top level (expected version, endpoints, adapters)"#
+            r#"adapters.toml:2: unknown key "bogus" at top level (expected version, endpoints, adapters, store)"#
         ]
     );
     assert_eq!(
@@ -518,7 +518,7 @@ weave = "gopher://weave"
         toml_errors(text),
         [
             "adapters.toml:1: unsupported version 3 (expected 1)",
-            r#"adapters.toml:2: unknown key "colour" at top level (expected version, endpoints, adapters)"#,
+            r#"adapters.toml:2: unknown key "colour" at top level (expected version, endpoints, adapters, store)"#,
             r#"adapters.toml:5: endpoint pattern "POST" must be METHOD PATH, e.g. "POST /*/containers/create""#,
             r#"adapters.toml:10: endpoint "POST /*/containers/*/start" uses adapter "flocker" in its post chain, but no adapter "flocker" is defined"#,
             r#"adapters.toml:11: unknown key "whatever" in endpoint "POST /*/containers/*/start" (expected match, pre, post)"#,
@@ -745,4 +745,95 @@ fn hosts_that_would_not_read_back_are_refused() {
         other => panic!("{other:?}"),
     };
     assert_eq!(url, "http://[::1]:9000/hook");
+}
+
+#[test]
+fn the_store_defaults_to_the_embedded_file() {
+    let config = parse("version = 1\n", "<t>", Format::Toml).unwrap();
+    assert_eq!(config.store, StoreSection::default());
+    assert_eq!(config.store.backend, StoreBackend::Embedded { path: None });
+    let config = parse(
+        "[store]\nbackend = \"embedded\"\npath = \"/srv/state.redb\"\ntimeout = \"2s\"\n",
+        "<t>",
+        Format::Toml,
+    )
+    .unwrap();
+    assert_eq!(
+        config.store.backend,
+        StoreBackend::Embedded {
+            path: Some("/srv/state.redb".into())
+        }
+    );
+    assert_eq!(config.store.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(config.store.line, 1);
+}
+
+#[test]
+fn an_etcd_store_reads_every_setting() {
+    let config = parse(
+        r#"[store]
+backend = "etcd"
+endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+prefix = "/powerstrip/prod/"
+ca = "ca.pem"
+cert = "client.pem"
+key = "client-key.pem"
+user = "powerstrip"
+password = "secret"
+"#,
+        "<t>",
+        Format::Toml,
+    )
+    .unwrap();
+    assert_eq!(
+        config.store.backend,
+        StoreBackend::Etcd {
+            endpoints: vec![
+                "https://10.0.0.1:2379".into(),
+                "https://10.0.0.2:2379".into()
+            ],
+            prefix: "/powerstrip/prod/".into(),
+            ca: Some("ca.pem".into()),
+            identity: Some(("client.pem".into(), "client-key.pem".into())),
+            user: Some(("powerstrip".into(), "secret".into())),
+        }
+    );
+    let yaml = parse(
+        "store:\n  backend: etcd\n  endpoints: [\"http://127.0.0.1:2379\"]\n",
+        "<t>",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert!(matches!(
+        yaml.store.backend,
+        StoreBackend::Etcd { ref prefix, .. } if prefix == DEFAULT_ETCD_PREFIX
+    ));
+}
+
+#[test]
+fn a_bad_store_section_names_file_line_and_problem() {
+    assert_eq!(
+        toml_errors("[store]\nbackend = \"zookeeper\"\n"),
+        ["adapters.toml:2: store: backend must be \"embedded\" or \"etcd\", not \"zookeeper\""]
+    );
+    assert_eq!(
+        toml_errors("[store]\nbackend = \"etcd\"\n"),
+        ["adapters.toml:1: store: the etcd backend needs endpoints = [\"http://HOST:2379\", ...]"]
+    );
+    assert_eq!(
+        toml_errors(
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"10.0.0.1:2379\"]\nuser = \"u\"\ntimeout = \"soon\"\n"
+        ),
+        [
+            "adapters.toml:1: store: user and password go together",
+            "adapters.toml:3: store: endpoint \"10.0.0.1:2379\" must be http://HOST:PORT or https://HOST:PORT",
+            "adapters.toml:5: store: bad timeout \"soon\": expected number at 0",
+        ]
+    );
+    assert_eq!(
+        toml_errors("[store]\npath = \"/x\"\nendpoints = []\n"),
+        [
+            "adapters.toml:3: store: unknown key \"endpoints\" for the embedded backend (expected backend, path, timeout)"
+        ]
+    );
 }

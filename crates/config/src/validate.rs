@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{ConfigError, ConfigErrors};
-use crate::model::{AdapterDef, AdapterKind, Config, Endpoint, EventFilter, FailurePolicy};
+use crate::model::{
+    AdapterDef, AdapterKind, Config, Endpoint, EventFilter, FailurePolicy, StoreBackend,
+    StoreSection,
+};
 use crate::pattern::Pattern;
 use crate::raw::{Entry, Node, Value};
 use crate::url::AdapterUrl;
@@ -50,6 +53,7 @@ impl Checker<'_> {
             origin: self.origin.to_owned(),
             endpoints: Vec::new(),
             adapters: Vec::new(),
+            store: StoreSection::default(),
         };
         let Value::Map(top) = &doc.value else {
             self.error(
@@ -66,6 +70,7 @@ impl Checker<'_> {
             match entry.key.as_str() {
                 "version" => self.version(&entry.node),
                 "adapters" => {}
+                "store" => config.store = self.store(entry),
                 "endpoints" => {
                     let raw = match format {
                         Format::Toml => self.toml_endpoints(entry),
@@ -79,12 +84,185 @@ impl Checker<'_> {
                 other => self.error(
                     entry.line,
                     format!(
-                        "unknown key {other:?} at top level (expected version, endpoints, adapters)"
+                        "unknown key {other:?} at top level (expected version, endpoints, adapters, store)"
                     ),
                 ),
             }
         }
         config
+    }
+
+    /// `[store]`: the backend and its settings.
+    fn store(&mut self, entry: &Entry) -> StoreSection {
+        let mut section = StoreSection {
+            line: entry.line,
+            ..StoreSection::default()
+        };
+        let Value::Map(entries) = &entry.node.value else {
+            self.error(
+                entry.line,
+                format!(
+                    "store must be a table (backend = \"embedded\" or \"etcd\", ...), not {}",
+                    entry.node.describe()
+                ),
+            );
+            return section;
+        };
+        let backend = match entry.node.get("backend") {
+            None => "embedded",
+            Some(b) => match b.node.as_str() {
+                Some(name @ ("embedded" | "etcd")) => name,
+                _ => {
+                    self.error(
+                        b.line,
+                        format!(
+                            "store: backend must be \"embedded\" or \"etcd\", not {}",
+                            b.node.describe()
+                        ),
+                    );
+                    return section;
+                }
+            },
+        };
+        let string = |this: &mut Self, e: &Entry| -> Option<String> {
+            match e.node.as_str() {
+                Some(text) if !text.is_empty() => Some(text.to_owned()),
+                _ => {
+                    this.error(
+                        e.line,
+                        format!(
+                            "store: {} must be a non-empty string, not {}",
+                            e.key,
+                            e.node.describe()
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let allowed: &[&str] = match backend {
+            "embedded" => &["backend", "path", "timeout"],
+            _ => &[
+                "backend",
+                "endpoints",
+                "prefix",
+                "ca",
+                "cert",
+                "key",
+                "user",
+                "password",
+                "timeout",
+            ],
+        };
+        let (mut path, mut endpoints, mut prefix) = (None, Vec::new(), None);
+        let (mut ca, mut cert, mut key, mut user, mut password) = (None, None, None, None, None);
+        for e in entries {
+            if !allowed.contains(&e.key.as_str()) {
+                self.error(
+                    e.line,
+                    format!(
+                        "store: unknown key {:?} for the {backend} backend (expected {})",
+                        e.key,
+                        allowed.join(", ")
+                    ),
+                );
+                continue;
+            }
+            match e.key.as_str() {
+                "path" => path = string(self, e).map(PathBuf::from),
+                "prefix" => prefix = string(self, e),
+                "ca" => ca = string(self, e).map(PathBuf::from),
+                "cert" => cert = string(self, e).map(PathBuf::from),
+                "key" => key = string(self, e).map(PathBuf::from),
+                "user" => user = string(self, e),
+                "password" => password = string(self, e),
+                "timeout" => section.timeout = self.duration("store", e),
+                "endpoints" => endpoints = self.endpoint_urls(e),
+                _ => {}
+            }
+        }
+        section.backend = match backend {
+            "embedded" => StoreBackend::Embedded { path },
+            _ => {
+                if endpoints.is_empty() && !entries.iter().any(|e| e.key == "endpoints") {
+                    self.error(
+                        entry.line,
+                        "store: the etcd backend needs endpoints = [\"http://HOST:2379\", ...]"
+                            .into(),
+                    );
+                }
+                let identity = match (cert, key) {
+                    (Some(cert), Some(key)) => Some((cert, key)),
+                    (None, None) => None,
+                    _ => {
+                        self.error(entry.line, "store: cert and key go together".into());
+                        None
+                    }
+                };
+                let user = match (user, password) {
+                    (Some(user), Some(password)) => Some((user, password)),
+                    (None, None) => None,
+                    _ => {
+                        self.error(entry.line, "store: user and password go together".into());
+                        None
+                    }
+                };
+                let prefix = prefix.unwrap_or_else(|| crate::model::DEFAULT_ETCD_PREFIX.to_owned());
+                if !prefix.starts_with('/') {
+                    self.error(
+                        entry.line,
+                        format!("store: prefix {prefix:?} must start with \"/\""),
+                    );
+                }
+                StoreBackend::Etcd {
+                    endpoints,
+                    prefix,
+                    ca,
+                    identity,
+                    user,
+                }
+            }
+        };
+        section
+    }
+
+    /// `endpoints = ["http://HOST:PORT", ...]` for etcd.
+    fn endpoint_urls(&mut self, entry: &Entry) -> Vec<String> {
+        let Value::List(items) = &entry.node.value else {
+            self.error(
+                entry.line,
+                format!(
+                    "store: endpoints must be a list of URLs such as [\"http://10.0.0.1:2379\"], not {}",
+                    entry.node.describe()
+                ),
+            );
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.error(entry.line, "store: endpoints is empty".into());
+        }
+        items
+            .iter()
+            .filter_map(|item| {
+                let text = item.as_str().unwrap_or_default();
+                let rest = text
+                    .strip_prefix("http://")
+                    .or_else(|| text.strip_prefix("https://"));
+                match rest {
+                    Some(host) if !host.is_empty() && !host.contains('/') => Some(text.to_owned()),
+                    _ => {
+                        self.error(
+                            item.line,
+                            format!(
+                                "store: endpoint {} must be http://HOST:PORT or https://HOST:PORT",
+                                item.describe()
+                            ),
+                        );
+                        None
+                    }
+                }
+            })
+            .collect()
     }
 
     fn version(&mut self, node: &Node) {
@@ -310,6 +488,38 @@ impl Checker<'_> {
                 self.error(
                     node.line,
                     format!("adapter {name:?}: bad URL {text:?}: {reason}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A positive duration string (`"500ms"`, `"2s"`) for `what`'s `entry`.
+    fn duration(&mut self, what: &str, entry: &Entry) -> Option<Duration> {
+        let Some(text) = entry.node.as_str() else {
+            self.error(
+                entry.line,
+                format!(
+                    "{what}: {} must be a duration string such as \"500ms\" or \"2s\", not {}",
+                    entry.key,
+                    entry.node.describe()
+                ),
+            );
+            return None;
+        };
+        match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                self.error(
+                    entry.line,
+                    format!("{what}: {} must be greater than zero", entry.key),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(
+                    entry.line,
+                    format!("{what}: bad {} {text:?}: {e}", entry.key),
                 );
                 None
             }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use quanta::Instant;
 
 use powerstrip_adapter::builtin::Builtin;
+use powerstrip_adapter::context::{Context, Scope};
 use powerstrip_adapter::{Adapter, ClientRequest, HookError, HookErrorKind, ServerResponse};
 use powerstrip_config::{
     AdapterKind, Config, ConfigError, ConfigErrors, EventFilter, FailurePolicy, Pattern, PatternSet,
@@ -126,6 +127,10 @@ pub struct Chains {
     routes: Vec<Route>,
     /// Adapters that subscribed to Docker events, whether or not an endpoint uses them.
     subscribers: Vec<Arc<Hook>>,
+    /// The background tasks of the in-process adapters built for these chains: they stop
+    /// when the chains are dropped (replaced by a reload, once the requests that started
+    /// under them are done).
+    _scope: Option<Scope>,
 }
 
 /// Limits that apply while building chains.
@@ -155,14 +160,17 @@ impl Matched<'_> {
 }
 
 impl Chains {
-    /// Builds every adapter of `config` once and the chains that use them. Unknown
-    /// builtins, bad builtin options and unsupported URLs are reported as configuration
-    /// errors with their line.
+    /// Builds every adapter of `config` once and the chains that use them. In-process
+    /// adapters are handed `ctx` (each with a state directory of its own, and background
+    /// tasks that stop when these chains are dropped). Unknown builtins, bad builtin
+    /// options and unsupported URLs are reported as configuration errors with their line.
     pub fn build(
         config: &Config,
         builtins: &Builtins,
         options: ChainOptions,
+        ctx: &Context,
     ) -> Result<Chains, ConfigErrors> {
+        let (ctx, scope) = ctx.scope();
         let mut errors = Vec::new();
         let mut hooks: HashMap<&str, Arc<Hook>> = HashMap::new();
         for def in &config.adapters {
@@ -195,7 +203,7 @@ impl Chains {
                         )));
                         continue;
                     };
-                    match factory.build(options) {
+                    match factory.build(options, &ctx.for_adapter(&def.name)) {
                         Ok(adapter) => adapter,
                         Err(e) => {
                             errors.push(error(format!("adapter {:?} ({builtin}): {e}", def.name)));
@@ -254,6 +262,7 @@ impl Chains {
             set: PatternSet::new(&patterns),
             routes,
             subscribers,
+            _scope: Some(scope),
         })
     }
 

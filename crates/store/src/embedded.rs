@@ -130,6 +130,30 @@ impl Embedded {
             .set_concurrency_mode(ConcurrencyMode::SingleWriter)
             .create(path)
             .map_err(|e| failed(e.to_string()))?;
+        Self::start(db, describe, timeout)
+    }
+
+    /// A store that lives in memory only, gone when dropped: for validating a
+    /// configuration (`powerstrip check`) without touching the real one.
+    pub fn in_memory() -> Result<Embedded, StoreError> {
+        let describe = "embedded (in memory)".to_owned();
+        let db = Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StoreError::Unavailable {
+                store: describe.clone(),
+                op: "create it".into(),
+                reason: e.to_string(),
+            })?;
+        Self::start(db, describe, DEFAULT_TIMEOUT)
+    }
+
+    /// Creates the tables and starts the writer thread.
+    fn start(db: Database, describe: String, timeout: Duration) -> Result<Embedded, StoreError> {
+        let failed = |reason: String| StoreError::Unavailable {
+            store: describe.clone(),
+            op: "open its file".into(),
+            reason,
+        };
         let txn = db.begin_write().map_err(|e| failed(e.to_string()))?;
         {
             let created = (|| -> Result<(), redb::Error> {

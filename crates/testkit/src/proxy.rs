@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use powerstrip_adapter::Adapter;
 use powerstrip_adapter::builtin::Builtin;
+use powerstrip_adapter::{Adapter, Context};
 use powerstrip_config::{Config, Format};
 use powerstrip_core::{
     Address, Builtins, ChainOptions, Chains, Limits, Listener, Proxy, ServerOptions, Upstream,
@@ -25,6 +25,8 @@ pub struct TestProxy {
     tcp: Address,
     /// What the proxy counts (the admin listener's `/metrics`).
     metrics: Arc<powerstrip_core::metrics::Metrics>,
+    /// The context its in-process adapters were built with.
+    context: Context,
     /// Resolving it starts a graceful shutdown.
     stop: Option<oneshot::Sender<()>>,
     /// Holds the socket's directory for the proxy's lifetime.
@@ -42,6 +44,8 @@ pub struct TestProxyBuilder {
     builtins: Builtins,
     /// Bounds on buffering.
     limits: Limits,
+    /// The store adapters get; an embedded one in the proxy's directory when `None`.
+    store: Option<Arc<dyn powerstrip_store::Store>>,
 }
 
 impl TestProxy {
@@ -54,6 +58,7 @@ impl TestProxy {
             config: None,
             builtins: Builtins::new(),
             limits: Limits::default(),
+            store: None,
         }
     }
 
@@ -85,6 +90,11 @@ impl TestProxy {
     /// The proxy's metrics now, in Prometheus' text format (what `/metrics` serves).
     pub fn metrics(&self) -> String {
         self.metrics.encode()
+    }
+
+    /// The context its in-process adapters were built with (its store, its Docker client).
+    pub fn context(&self) -> &Context {
+        &self.context
     }
 }
 
@@ -126,6 +136,13 @@ impl TestProxyBuilder {
         self
     }
 
+    /// The store in-process adapters get (instead of an embedded one in the proxy's
+    /// directory).
+    pub fn store(mut self, store: Arc<dyn powerstrip_store::Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     /// Validates the configuration (panicking with its errors), binds and starts serving.
     pub async fn start(self) -> TestProxy {
         let config = match &self.config {
@@ -133,15 +150,33 @@ impl TestProxyBuilder {
                 .unwrap_or_else(|e| panic!("TestProxy: invalid configuration:\n{e}")),
             None => Config::empty(),
         };
+        let dir = tempfile::tempdir().expect("TestProxy: a temporary directory");
+        // The adapters' context: an embedded store in the proxy's directory, and a Docker
+        // client for the Docker the proxy forwards to.
+        let store: Arc<dyn powerstrip_store::Store> = match self.store.clone() {
+            Some(store) => store,
+            None => Arc::new(
+                powerstrip_store::Embedded::open(&dir.path().join("state/store.redb"))
+                    .unwrap_or_else(|e| panic!("TestProxy: {e}")),
+            ),
+        };
+        let node = powerstrip_store::nodes::Node {
+            id: "test-proxy".into(),
+            name: "test-proxy".into(),
+            address: "127.0.0.1".into(),
+            labels: Default::default(),
+        };
+        let ctx = Context::from_parts(store, &self.docker, node, &dir.path().join("state"))
+            .unwrap_or_else(|e| panic!("TestProxy: {e}"));
         let chains = Chains::build(
             &config,
             &self.builtins,
             ChainOptions {
                 max_answer: self.limits.max_hook_body,
             },
+            &ctx,
         )
         .unwrap_or_else(|e| panic!("TestProxy: invalid configuration:\n{e}"));
-        let dir = tempfile::tempdir().expect("TestProxy: a temporary directory");
         let unix = Listener::bind(&Address::Unix(dir.path().join("proxy.sock")))
             .await
             .expect("TestProxy: binding its unix socket");
@@ -170,6 +205,7 @@ impl TestProxyBuilder {
             unix: unix_address,
             tcp: tcp_address,
             metrics,
+            context: ctx,
             stop: Some(stop),
             _dir: dir,
         }
