@@ -267,12 +267,14 @@ async fn a_killed_etcd_holder_vanishes_within_ttl() {
     );
 }
 
-/// Increments `counter` once, by CAS, as task `task`'s `seq`-th increment. The value names
-/// the last increment, so that an increment whose acknowledgement was lost (etcd applied
-/// it, the answer did not arrive) is recognised when read back — as an adapter that must
-/// not double-allocate does. True once acknowledged.
-async fn increment(store: &dyn Store, task: usize, seq: usize) -> bool {
-    let me = format!("{task}-{seq}");
+/// Tasks incrementing the counter.
+const INCREMENTERS: usize = 8;
+
+/// Increments `counter` once, by CAS, as task `task`'s `seq`-th increment. The value holds
+/// each task's last applied increment, so that one whose acknowledgement was lost (etcd
+/// applied it, the answer did not arrive) is recognised when read back, whatever others
+/// wrote since — as an adapter that must not allocate twice does. True once acknowledged.
+async fn increment(store: &dyn Store, task: usize, seq: i64) -> bool {
     for _ in 0..100 {
         let current = match store.get("counter").await {
             Ok(current) => current,
@@ -281,15 +283,16 @@ async fn increment(store: &dyn Store, task: usize, seq: usize) -> bool {
                 continue;
             }
         };
-        let (count, last): (u64, String) = current
+        let (count, mut last): (u64, Vec<i64>) = current
             .as_ref()
             .map(|kv| serde_json::from_slice(&kv.value).unwrap())
-            .unwrap_or((0, String::new()));
-        if last == me {
+            .unwrap_or((0, vec![-1; INCREMENTERS]));
+        if last[task] == seq {
             return true; // an earlier attempt went through
         }
+        last[task] = seq;
         let expect = current.map_or(Expect::Absent, |kv| Expect::At(kv.mod_revision));
-        let next = serde_json::to_vec(&(count + 1, &me)).unwrap();
+        let next = serde_json::to_vec(&(count + 1, &last)).unwrap();
         match store.swap("counter", expect, &next, None).await {
             Ok(Swap::Done(_)) => return true,
             Ok(Swap::Failed(_)) => {}
@@ -310,10 +313,12 @@ async fn a_three_member_etcd_loses_no_acknowledged_write() {
     let mut options = EtcdOptions::new(cluster.endpoints());
     options.timeout = Duration::from_secs(2);
     let store: Arc<dyn Store> = Arc::new(Etcd::connect(&options).await.unwrap());
+    // A watch that lives through the kill: it must resume on another member by itself.
+    let mut watch = store.watch("k/", 0).await.unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let increments = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for task in 0..8 {
+    for task in 0..INCREMENTERS {
         let (store, stop, increments) = (store.clone(), stop.clone(), increments.clone());
         tasks.push(tokio::spawn(async move {
             let mut seq = 0;
@@ -367,8 +372,49 @@ async fn a_three_member_etcd_loses_no_acknowledged_write() {
             key(*i)
         );
     }
+    // The watch saw every acknowledged write once, in revision order, with no gap.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last = 0;
+    let final_revision = store
+        .list("k/")
+        .await
+        .unwrap()
+        .kvs
+        .iter()
+        .map(|kv| kv.mod_revision)
+        .max()
+        .unwrap_or(0);
+    while last < final_revision {
+        let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(10), watch.next()).await
+        else {
+            break;
+        };
+        let event = event.unwrap();
+        assert!(
+            event.revision() > last,
+            "the watch repeated or reordered revision {}",
+            event.revision()
+        );
+        last = event.revision();
+        assert!(
+            seen.insert(event.key().to_owned()),
+            "{} seen twice",
+            event.key()
+        );
+    }
+    let missed: Vec<String> = acked
+        .iter()
+        .map(|i| key(*i))
+        .filter(|k| !seen.contains(k))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "the watch missed {} acknowledged writes, e.g. {:?}",
+        missed.len(),
+        missed.first()
+    );
     let counter = store.get("counter").await.unwrap().unwrap();
-    let (count, _): (u64, String) = serde_json::from_slice(&counter.value).unwrap();
+    let (count, _): (u64, Vec<i64>) = serde_json::from_slice(&counter.value).unwrap();
     assert_eq!(count, increments.load(Ordering::Relaxed));
     // The member comes back and catches up: read from it alone.
     cluster.restart(0);
