@@ -284,6 +284,7 @@ fn builtins() -> Builtins {
     for builtin in powerstrip_examples::builtins() {
         builtins.register(builtin);
     }
+    builtins.register(powerstrip_net_ovs::builtin());
     builtins
 }
 

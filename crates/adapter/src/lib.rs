@@ -74,7 +74,7 @@ pub mod serve;
 pub mod tls;
 
 pub use async_trait::async_trait;
-pub use context::Context;
+pub use context::{Context, bollard};
 pub use http::StatusCode;
 pub use powerstrip_protocol::{ClientRequest, DockerEvent, ServerResponse, WithheldBody};
 pub use powerstrip_store as store;
