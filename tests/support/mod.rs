@@ -120,6 +120,21 @@ impl ProxyProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `powerstrip state ls PREFIX` on this proxy's embedded store: what its adapters keep.
+    pub fn state_ls(&self, prefix: &str) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_powerstrip"))
+            .args(["state", "ls", prefix, "--state-dir"])
+            .arg(self.dir.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "powerstrip state ls: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Kills the proxy with SIGKILL (no clean-up of its own) and reaps it.
     pub fn kill_now(&mut self) {
         let _ = self.child.kill();

@@ -46,6 +46,9 @@ pub const IP_LABEL: &str = "powerstrip.ip";
 pub const IP_ENV: &str = "POWERSTRIP_IP";
 /// The label holding the reservation made at create.
 pub const RESERVATION_LABEL: &str = "powerstrip.network.reservation";
+/// The label naming the node (by id) whose adapter plumbs the container: the one whose
+/// proxy created it.
+pub const NODE_LABEL: &str = "powerstrip.network.node";
 /// How long a reservation may wait for its container before the reconciler releases it.
 const RESERVATION_TTL: Duration = Duration::from_secs(300);
 
@@ -132,6 +135,11 @@ impl NetOvs {
         &self.inner.state
     }
 
+    /// The label filter of this node's containers.
+    fn node_filter(&self) -> String {
+        format!("{NODE_LABEL}={}", self.inner.ctx.node().id)
+    }
+
     fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.inner
             .locks
@@ -203,6 +211,7 @@ impl NetOvs {
             set(&mut create, &ip_label(net), &address.to_string())?;
         }
         set(&mut create, RESERVATION_LABEL, &token)?;
+        set(&mut create, NODE_LABEL, &self.inner.ctx.node().id)?;
         create.write_to(&mut request);
         info!(networks = ?reserved, name = ?name, "addresses reserved");
         Ok(request)
@@ -274,8 +283,11 @@ impl NetOvs {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        let mine = label_refs
+            .iter()
+            .any(|(k, v)| *k == NODE_LABEL && *v == self.inner.ctx.node().id);
         let attachments = attachments_of(&label_refs);
-        if attachments.is_empty() {
+        if attachments.is_empty() || !mine {
             return Ok(());
         }
         let state = inspect.state.as_ref();
@@ -368,8 +380,22 @@ impl NetOvs {
     async fn reconcile_containers(&self) -> Result<(), String> {
         let inner = &self.inner;
         let docker = inner.ctx.docker().map_err(|e| e.to_string())?;
+        // Read what may be stale before asking Docker what exists: a port, an allocation or
+        // a record made after Docker answered cannot then be taken for a leftover.
+        let ports = inner
+            .plumber
+            .ovs
+            .ports(&inner.options.bridge)
+            .await
+            .map_err(|e| e.to_string())?;
+        let allocations = inner
+            .state
+            .all_allocations()
+            .await
+            .map_err(|e| e.to_string())?;
+        let records = inner.state.records().await.map_err(|e| e.to_string())?;
         let mut filters = HashMap::new();
-        filters.insert("label".to_owned(), vec![NETWORK_LABEL.to_owned()]);
+        filters.insert("label".to_owned(), vec![self.node_filter()]);
         let containers = docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
@@ -405,27 +431,20 @@ impl NetOvs {
             existing.insert(id);
         }
         // Ports of containers that no longer run.
-        let ports = inner
-            .plumber
-            .ovs
-            .ports(&inner.options.bridge)
-            .await
-            .map_err(|e| e.to_string())?;
         for port in ports {
             if let Some(id) = port.external_ids.get(CONTAINER_ID)
                 && !running.contains(id)
             {
-                let _lock = self.lock(id);
-                let _ = inner.plumber.unplumb(id).await;
+                let lock = self.lock(id);
+                let _held = lock.lock().await;
+                // It may have started since: only a container that is not running loses them.
+                if !self.is_running(id).await {
+                    let _ = inner.plumber.unplumb(id).await;
+                }
             }
         }
         // Addresses and records of containers that are gone, and reservations that never
         // became a container.
-        let allocations = inner
-            .state
-            .all_allocations()
-            .await
-            .map_err(|e| e.to_string())?;
         let now = now();
         for (kv, allocation) in allocations {
             if allocation.node != inner.state.node() {
@@ -453,12 +472,28 @@ impl NetOvs {
                     .await;
             }
         }
-        for (id, record) in inner.state.records().await.map_err(|e| e.to_string())? {
+        for (id, record) in records {
             if record.node == inner.state.node() && !existing.contains(&id) {
                 let _ = inner.state.forget(&id).await;
             }
         }
         Ok(())
+    }
+
+    /// Whether container `id` may be running: false only when Docker says it is not, or
+    /// that it does not exist (a Docker that does not answer changes nothing).
+    async fn is_running(&self, id: &str) -> bool {
+        use powerstrip_adapter::bollard::errors::Error;
+        let Ok(docker) = self.inner.ctx.docker() else {
+            return true;
+        };
+        match docker.inspect_container(id, None).await {
+            Ok(inspect) => inspect.state.and_then(|s| s.running).unwrap_or(false),
+            Err(Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => false,
+            Err(_) => true,
+        }
     }
 
     async fn follow_events(&self, stop: Stop) {
@@ -478,7 +513,7 @@ impl NetOvs {
                 "event".to_owned(),
                 vec!["start".to_owned(), "die".to_owned(), "destroy".to_owned()],
             );
-            filters.insert("label".to_owned(), vec![NETWORK_LABEL.to_owned()]);
+            filters.insert("label".to_owned(), vec![self.node_filter()]);
             let mut events = docker.events(Some(EventsOptions {
                 filters: Some(filters),
                 ..Default::default()

@@ -11,9 +11,11 @@
 //!
 //! ## Layout
 //! - [`etcd`]: [`etcd::EtcdCluster`], and [`etcd::shared`], one member per test binary.
+//! - [`ovs`]: the host's Open vSwitch ([`ovs::require`]) and bridges of a test's own.
 #![forbid(unsafe_code)]
 
 pub mod etcd;
+pub mod ovs;
 
 use std::process::Command;
 

@@ -1,0 +1,391 @@
+//! The networking adapter on one host, as users meet it: the real docker CLI through the
+//! real `powerstrip` binary (with `net-ovs` linked in), the real dockerd, the host's real
+//! Open vSwitch (each test on a bridge of its own, removed when it ends).
+//!
+//! Needs the real daemon (`scripts/ensure-docker`) and Open vSwitch (`scripts/ensure-ovs`);
+//! under `CI=true` their absence fails.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use powerstrip_testenv::ovs::{TestBridge, vsctl};
+use support::{IMAGE, ProxyProcess, StartedProxy, direct, docker, require_docker};
+
+/// A proxy with `net-ovs` on a bridge of the test's own, plus the containers the test made
+/// (removed, directly, when it ends).
+struct Net {
+    proxy: StartedProxy,
+    bridge: TestBridge,
+    containers: Vec<String>,
+}
+
+/// The adapter's endpoints.
+const ENDPOINTS: &str = r#"
+[[endpoints]]
+match = "POST /*/containers/create"
+pre = ["net"]
+post = ["net"]
+
+[[endpoints]]
+match = "POST /*/containers/*/start"
+post = ["net"]
+
+[[endpoints]]
+match = "POST /*/containers/*/restart"
+post = ["net"]
+
+[[endpoints]]
+match = "DELETE /*/containers/*"
+pre = ["net"]
+post = ["net"]
+"#;
+
+impl Net {
+    /// Starts a proxy whose `net` adapter has these extra options (TOML inline-table
+    /// entries).
+    fn start(n: u32, extra: &str) -> Option<Net> {
+        if !require_docker() || !powerstrip_testenv::ovs::require() {
+            return None;
+        }
+        let bridge = TestBridge::new(n);
+        let config = format!(
+            "version = 1\n[adapters]\nnet = {{ builtin = \"net-ovs\", bridge = \"{}\", networks = {{ blue = \"10.50.0.0/24\", red = \"10.51.0.0/24\" }}{extra} }}\n{ENDPOINTS}",
+            bridge.name()
+        );
+        let proxy = ProxyProcess::options()
+            .config(&config)
+            .log("info,powerstrip_net_ovs=debug")
+            .args(["--node-name", &format!("node-{}", bridge.name())])
+            .start();
+        // The bridge is made by the adapter's first reconcile.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !vsctl(None, &["list-br"])
+            .lines()
+            .any(|b| b == bridge.name())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the adapter did not create its bridge:\n{}",
+                proxy.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Net {
+            proxy,
+            bridge,
+            containers: Vec::new(),
+        })
+    }
+
+    /// `docker run -d` through the proxy; the container's id, or the run's stderr.
+    async fn run(&mut self, args: &[&str]) -> Result<String, String> {
+        let mut all = vec!["run", "-d"];
+        all.extend_from_slice(args);
+        let run = docker(&self.proxy.host(), &all, None).await;
+        if run.code != 0 {
+            return Err(run.stderr);
+        }
+        let id = run.out().trim().to_owned();
+        self.containers.push(id.clone());
+        Ok(id)
+    }
+
+    /// Runs `args` on `network` (sleeping); its id.
+    async fn on(&mut self, network: &str, extra: &[&str]) -> String {
+        let label = format!("powerstrip.network={network}");
+        let mut args = vec!["--label", label.as_str()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, "sleep", "300"]);
+        self.run(&args)
+            .await
+            .unwrap_or_else(|e| panic!("docker run failed: {e}\n{}", self.proxy.log()))
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if !self.containers.is_empty() {
+            let _ = Command::new("docker")
+                .args(["-H", &direct(), "rm", "-f"])
+                .args(&self.containers)
+                .output();
+        }
+    }
+}
+
+/// A label of a container, read directly from the daemon.
+async fn label(id: &str, key: &str) -> String {
+    let format = format!("{{{{index .Config.Labels \"{key}\"}}}}");
+    docker(&direct(), &["inspect", "-f", &format, id], None)
+        .await
+        .out()
+        .trim()
+        .to_owned()
+}
+
+/// `ping -c 1` from container `from` to `address` (directly on the daemon): true when
+/// answered.
+async fn pings(from: &str, address: &str) -> bool {
+    let run = docker(
+        &direct(),
+        &["exec", from, "ping", "-c", "1", "-W", "2", address],
+        None,
+    )
+    .await;
+    run.code == 0
+}
+
+/// The IPv4 address of `interface` inside container `id`, if it has one.
+async fn address_in(id: &str, interface: &str) -> Option<String> {
+    let run = docker(
+        &direct(),
+        &["exec", id, "ip", "-4", "-o", "addr", "show", interface],
+        None,
+    )
+    .await;
+    run.out()
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .map(|a| a.split('/').next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_on_blue_reach_each_other_and_red_cannot_reach_blue() {
+    let Some(mut net) = Net::start(1, "") else {
+        return;
+    };
+    let a = net.on("blue", &[]).await;
+    let b = net.on("blue", &[]).await;
+    let r = net.on("red", &[]).await;
+    let a_ip = label(&a, "powerstrip.network.blue.ip").await;
+    let b_ip = label(&b, "powerstrip.network.blue.ip").await;
+    assert_eq!(a_ip, "10.50.0.2");
+    assert_eq!(b_ip, "10.50.0.3");
+    assert_eq!(label(&r, "powerstrip.network.red.ip").await, "10.51.0.2");
+    // The address is on eth1, with an MTU that fits VXLAN; Docker's eth0 is untouched.
+    assert_eq!(address_in(&a, "eth1").await.as_deref(), Some(a_ip.as_str()));
+    let mtu = docker(
+        &direct(),
+        &["exec", &a, "cat", "/sys/class/net/eth1/mtu"],
+        None,
+    )
+    .await;
+    assert_eq!(mtu.out().trim(), "1450");
+    assert!(
+        address_in(&a, "eth0")
+            .await
+            .is_some_and(|ip| ip.starts_with("172."))
+    );
+    assert!(
+        pings(&a, &b_ip).await,
+        "blue cannot reach blue:\n{}",
+        net.proxy.log()
+    );
+    assert!(pings(&b, &a_ip).await);
+    assert!(!pings(&r, &a_ip).await, "red reaches blue");
+    // red's address is not in blue's subnet either way; and blue is not routed to red.
+    assert!(!pings(&a, "10.51.0.2").await);
+    // Each network is a VLAN tag of its own on the bridge.
+    let tags = vsctl(
+        None,
+        &["--format=csv", "--columns=name,tag", "list", "port"],
+    );
+    assert!(
+        tags.lines().filter(|l| l.starts_with("psv")).count() >= 3,
+        "{tags}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_and_stop_start_keep_the_address_and_rm_releases_it() {
+    let Some(mut net) = Net::start(2, "") else {
+        return;
+    };
+    let a = net.on("blue", &[]).await;
+    let peer = net.on("blue", &[]).await;
+    let ip = label(&a, "powerstrip.network.blue.ip").await;
+    let host = net.proxy.host();
+    for args in [
+        vec!["restart", a.as_str()],
+        vec!["stop", a.as_str()],
+        vec!["start", a.as_str()],
+    ] {
+        let run = docker(&host, &args, None).await;
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+    }
+    assert_eq!(address_in(&a, "eth1").await.as_deref(), Some(ip.as_str()));
+    assert!(
+        pings(&peer, &ip).await,
+        "after stop + start:\n{}",
+        net.proxy.log()
+    );
+    // rm through the proxy releases it: the next container gets the same address.
+    let rm = docker(&host, &["rm", "-f", &a], None).await;
+    assert_eq!(rm.code, 0, "{rm:?}");
+    let next = net.on("blue", &[]).await;
+    assert_eq!(label(&next, "powerstrip.network.blue.ip").await, ip);
+    // Removed behind the proxy's back (on the daemon's own socket): the lifecycle event
+    // releases it too.
+    let gone_ip = label(&next, "powerstrip.network.blue.ip").await;
+    docker(&direct(), &["rm", "-f", &next], None).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = net.proxy.state_ls("net-ovs/addresses/blue/");
+        if !state.contains(&gone_ip) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still allocated after docker rm on the daemon:\n{state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And no port is left for it.
+    let ports = vsctl(None, &["list-ports", net.bridge.name()]);
+    assert_eq!(
+        ports.lines().filter(|p| p.starts_with("psv")).count(),
+        1,
+        "{ports}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_addresses_and_refusals_name_what_is_wrong() {
+    let Some(mut net) = Net::start(3, "") else {
+        return;
+    };
+    let fixed = net
+        .on("blue", &["--label", "powerstrip.ip=10.50.0.12"])
+        .await;
+    assert_eq!(
+        label(&fixed, "powerstrip.network.blue.ip").await,
+        "10.50.0.12"
+    );
+    assert_eq!(
+        address_in(&fixed, "eth1").await.as_deref(),
+        Some("10.50.0.12")
+    );
+    let env = net.on("red", &["-e", "POWERSTRIP_IP=10.51.0.40"]).await;
+    assert_eq!(label(&env, "powerstrip.network.red.ip").await, "10.51.0.40");
+    let refusals = [
+        (
+            vec![
+                "--name",
+                "taken-twice",
+                "--label",
+                "powerstrip.network=blue",
+                "--label",
+                "powerstrip.ip=10.50.0.12",
+            ],
+            "address 10.50.0.12 on blue is in use by",
+        ),
+        (
+            vec!["--label", "powerstrip.network=green"],
+            "label powerstrip.network: network \"green\" does not exist and no pool is configured",
+        ),
+        (
+            vec![
+                "--label",
+                "powerstrip.network=blue",
+                "--label",
+                "powerstrip.ip=10.99.0.1",
+            ],
+            "10.99.0.1 is outside 10.50.0.0/24",
+        ),
+        (
+            vec![
+                "--label",
+                "powerstrip.network=blue",
+                "--label",
+                "powerstrip.ip=ten",
+            ],
+            "label powerstrip.ip=\"ten\": \"ten\" is not an IPv4 address",
+        ),
+    ];
+    for (args, message) in refusals {
+        let mut all = args.clone();
+        all.extend_from_slice(&[IMAGE, "true"]);
+        let refused = net.run(&all).await.unwrap_err();
+        assert!(refused.contains(message), "{args:?}: {refused}");
+        assert!(
+            !refused.contains("Unable to find image"),
+            "a 404 made the CLI pull: {refused}"
+        );
+    }
+    // Nothing was left reserved by the refusals.
+    let state = net.proxy.state_ls("net-ovs/addresses/");
+    assert_eq!(
+        state.lines().filter(|l| l.starts_with("net-ovs/")).count(),
+        2,
+        "{state}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_network_is_a_409_naming_it() {
+    // Networks made on first use from a pool of /29s: five addresses each (network,
+    // gateway and broadcast kept).
+    let Some(mut net) = Net::start(4, ", pool = \"10.53.0.0/16\", pool_prefix = 29") else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(net.on("tiny", &[]).await);
+    }
+    let label_arg = "powerstrip.network=tiny";
+    let refused = net
+        .run(&["--label", label_arg, IMAGE, "true"])
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("network tiny (10.53.0.0/29) has no free address left"),
+        "{refused}"
+    );
+    // The next network made on first use gets the next /29 of the pool.
+    let other = net.on("tiny2", &[]).await;
+    assert_eq!(
+        label(&other, "powerstrip.network.tiny2.ip").await,
+        "10.53.0.10"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_vswitch_unreachable_is_a_503_and_nothing_is_reserved() {
+    if !require_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "version = 1\n[adapters]\nnet = {{ builtin = \"net-ovs\", ovsdb = \"unix:{}/no-ovs.sock\", networks = {{ blue = \"10.50.0.0/24\" }} }}\n{ENDPOINTS}",
+        dir.path().display()
+    );
+    let proxy = ProxyProcess::options().config(&config).start();
+    let run = docker(
+        &proxy.host(),
+        &[
+            "run",
+            "-d",
+            "--label",
+            "powerstrip.network=blue",
+            IMAGE,
+            "true",
+        ],
+        None,
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr
+            .contains("net-ovs: Open vSwitch is not reachable"),
+        "{run:?}"
+    );
+    assert!(
+        proxy.state_ls("net-ovs/addresses/").lines().count() <= 1,
+        "something was reserved"
+    );
+}
