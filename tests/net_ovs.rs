@@ -48,19 +48,16 @@ impl Net {
     /// Starts a proxy whose `net` adapter has these extra options (TOML inline-table
     /// entries).
     fn start(n: u32, extra: &str) -> Option<Net> {
+        Self::start_with(n, extra, "", &[])
+    }
+
+    /// [`Net::start`] with more of the configuration file (`[store]`) and more flags.
+    fn start_with(n: u32, extra: &str, more: &str, args: &[&str]) -> Option<Net> {
         if !require_docker() || !powerstrip_testenv::ovs::require() {
             return None;
         }
         let bridge = TestBridge::new(n);
-        let config = format!(
-            "version = 1\n[adapters]\nnet = {{ builtin = \"net-ovs\", bridge = \"{}\", networks = {{ blue = \"10.50.0.0/24\", red = \"10.51.0.0/24\" }}{extra} }}\n{ENDPOINTS}",
-            bridge.name()
-        );
-        let proxy = ProxyProcess::options()
-            .config(&config)
-            .log("info,powerstrip_net_ovs=debug")
-            .args(["--node-name", &format!("node-{}", bridge.name())])
-            .start();
+        let proxy = start_proxy(&bridge, extra, more, args);
         // The bridge is made by the adapter's first reconcile.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !vsctl(None, &["list-br"])
@@ -115,6 +112,25 @@ impl Drop for Net {
                 .output();
         }
     }
+}
+
+/// The configuration of a proxy with `net-ovs` on `bridge`.
+fn config(bridge: &TestBridge, extra: &str, more: &str) -> String {
+    format!(
+        "version = 1\n{more}\n[adapters]\nnet = {{ builtin = \"net-ovs\", bridge = \"{}\", networks = {{ blue = \"10.50.0.0/24\", red = \"10.51.0.0/24\" }}{extra} }}\n{ENDPOINTS}",
+        bridge.name()
+    )
+}
+
+fn start_proxy(bridge: &TestBridge, extra: &str, more: &str, args: &[&str]) -> StartedProxy {
+    let node = format!("node-{}", bridge.name());
+    let mut all = vec!["--node-name", node.as_str()];
+    all.extend_from_slice(args);
+    ProxyProcess::options()
+        .config(&config(bridge, extra, more))
+        .log("info,powerstrip_net_ovs=debug")
+        .args(all)
+        .start()
 }
 
 /// A label of a container, read directly from the daemon.
@@ -387,5 +403,160 @@ async fn open_vswitch_unreachable_is_a_503_and_nothing_is_reserved() {
     assert!(
         proxy.state_ls("net-ovs/addresses/").lines().count() <= 1,
         "something was reserved"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plumbing_failure_is_undone_and_the_address_stays_reserved() {
+    // A bridge in the kernel datapath where the kernel has no openvswitch module: OVS takes
+    // the port into its database and cannot set it up — a failure after the veth exists.
+    if std::path::Path::new("/sys/module/openvswitch").exists() {
+        eprintln!(
+            "note: the kernel has the openvswitch module; this failure cannot be produced here"
+        );
+        return;
+    }
+    let Some(mut net) = Net::start(5, ", datapath = \"system\"") else {
+        return;
+    };
+    let name = format!("half-{}", std::process::id());
+    let refused = net
+        .run(&[
+            "--name",
+            &name,
+            "--label",
+            "powerstrip.network=blue",
+            IMAGE,
+            "sleep",
+            "300",
+        ])
+        .await
+        .unwrap_err();
+    net.containers.push(name.clone());
+    assert!(
+        refused.contains(&format!(
+            "net-ovs: container {name} started, but attaching it failed: network blue: Open vSwitch"
+        )) && refused.contains("Error detected while setting up")
+            && refused.contains("nothing was left half-plumbed")
+            && refused.contains("10.50.0.2 on blue) stay reserved"),
+        "{refused}"
+    );
+    let id = docker(&direct(), &["inspect", "-f", "{{.Id}}", &name], None)
+        .await
+        .out()
+        .trim()
+        .to_owned();
+    // The adapter keeps trying (events, its periodic pass), and undoes each try: between
+    // tries, nothing of it is left.
+    let host_end = format!("psv{}0", &id[..8]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let link = Command::new("ip")
+            .args(["link", "show", &host_end])
+            .output()
+            .unwrap();
+        let ports = vsctl(None, &["list-ports", net.bridge.name()]);
+        if !link.status.success() && !ports.contains("psv") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {host_end} exists: {}; ports: {ports}",
+            link.status.success()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let eth1 = docker(
+        &direct(),
+        &["exec", &name, "ip", "link", "show", "eth1"],
+        None,
+    )
+    .await;
+    assert_ne!(eth1.code, 0, "half an interface in the container");
+    let state = net.proxy.state_ls("net-ovs/addresses/blue/");
+    assert!(
+        state.contains("10.50.0.2"),
+        "the address was not kept for a retry:\n{state}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_unreachable_is_a_503_and_no_container_is_made() {
+    if !powerstrip_testenv::require("etcd", powerstrip_testenv::etcd::INSTALL_HINT) {
+        return;
+    }
+    let mut etcd = powerstrip_testenv::etcd::EtcdCluster::start(1);
+    let store = format!(
+        "[store]\nbackend = \"etcd\"\nendpoints = [{:?}]\ntimeout = \"1s\"\n",
+        etcd.endpoint(0)
+    );
+    let Some(mut net) = Net::start_with(6, "", &store, &[]) else {
+        return;
+    };
+    etcd.kill(0);
+    let name = format!("nostore-{}", std::process::id());
+    let refused = net
+        .run(&[
+            "--name",
+            &name,
+            "--label",
+            "powerstrip.network=blue",
+            IMAGE,
+            "true",
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("net-ovs: the cluster store (etcd http://127.0.0.1:"),
+        "{refused}"
+    );
+    let made = docker(&direct(), &["inspect", &name], None).await;
+    assert_ne!(made.code, 0, "a container was made without its network");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_killed_mid_flight_heals_when_it_comes_back() {
+    if !require_docker() || !powerstrip_testenv::ovs::require() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().to_str().unwrap().to_owned();
+    let Some(mut net) = Net::start_with(7, "", "", &["--state-dir", &state_arg]) else {
+        return;
+    };
+    let a = net.on("blue", &[]).await;
+    let b = net.on("blue", &[]).await;
+    let b_ip = label(&b, "powerstrip.network.blue.ip").await;
+    let a_ip = label(&a, "powerstrip.network.blue.ip").await;
+    // The proxy dies; meanwhile b is removed on the daemon's own socket.
+    net.proxy.kill_now();
+    docker(&direct(), &["rm", "-f", &b], None).await;
+    net.proxy = start_proxy(&net.bridge, "", "", &["--state-dir", &state_arg]);
+    // Back, it releases b's address and port, and a's plumbing is intact.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let kept = support::state_ls(state.path(), "net-ovs/addresses/blue/");
+        let ports = vsctl(None, &["list-ports", net.bridge.name()]);
+        let b_port = format!("psv{}0", &b[..8]);
+        if !kept.contains(&b_ip) && !ports.contains(&b_port) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not healed:\n{kept}\n{ports}\n{}",
+            net.proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = net.on("blue", &[]).await;
+    assert_eq!(
+        label(&c, "powerstrip.network.blue.ip").await,
+        b_ip,
+        "b's address is free again"
+    );
+    assert!(
+        pings(&c, &a_ip).await,
+        "a lost its plumbing:\n{}",
+        net.proxy.log()
     );
 }

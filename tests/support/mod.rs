@@ -120,19 +120,10 @@ impl ProxyProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `powerstrip state ls PREFIX` on this proxy's embedded store: what its adapters keep.
+    /// `powerstrip state ls PREFIX` on this proxy's embedded store (in its own directory,
+    /// unless it was started with `--state-dir`): what its adapters keep.
     pub fn state_ls(&self, prefix: &str) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_powerstrip"))
-            .args(["state", "ls", prefix, "--state-dir"])
-            .arg(self.dir.path().join("state"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "powerstrip state ls: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        state_ls(&self.dir.path().join("state"), prefix)
     }
 
     /// Kills the proxy with SIGKILL (no clean-up of its own) and reaps it.
@@ -445,6 +436,21 @@ impl ProxyOptions {
         }
         StartedProxy { process, hosts }
     }
+}
+
+/// `powerstrip state ls PREFIX` on the embedded store of state directory `state_dir`.
+pub fn state_ls(state_dir: &Path, prefix: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_powerstrip"))
+        .args(["state", "ls", prefix, "--state-dir"])
+        .arg(state_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "powerstrip state ls: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The value of one series in Prometheus text (`name{labels}` exactly as exposed), or

@@ -81,10 +81,26 @@ impl Ovs {
                 what: what.clone(),
                 reason: format!("cannot run {program}: {e}"),
             })?;
+        let reason = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        // ovs-vsctl exits 0 when the database took the change but ovs-vswitchd could not
+        // carry it out (a port it cannot open, a datapath it cannot create): that is no
+        // success.
+        let not_set_up = reason
+            .lines()
+            .find(|l| l.contains("Error detected while setting up"));
         if output.status.success() {
+            if let Some(line) = not_set_up {
+                return Err(OvsError::Refused {
+                    what,
+                    reason: format!(
+                        "{} (see ovs-vswitchd's log)",
+                        line.trim_start_matches("ovs-vsctl: ")
+                            .trim_end_matches("  See ovs-vswitchd log for details.")
+                    ),
+                });
+            }
             return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
         }
-        let reason = String::from_utf8_lossy(&output.stderr).trim().to_owned();
         let unreachable = [
             "database connection failed",
             "No such file",
