@@ -256,6 +256,8 @@ pub struct ProxyOptions {
     args: Vec<String>,
     /// `RUST_LOG`.
     filter: String,
+    /// The network namespace to run it in (another "host"), if any.
+    netns: Option<PathBuf>,
 }
 
 /// A binary started from [`ProxyOptions`]: the process, and the `DOCKER_HOST` lines it
@@ -290,6 +292,7 @@ impl ProxyProcess {
             listen: Vec::new(),
             args: Vec::new(),
             filter: "warn".into(),
+            netns: None,
         }
     }
 
@@ -370,6 +373,12 @@ impl ProxyOptions {
         self
     }
 
+    /// Runs it inside the network namespace at `path` (`nsenter --net=`), as another host.
+    pub fn netns(mut self, path: &Path) -> Self {
+        self.netns = Some(path.to_owned());
+        self
+    }
+
     /// Starts the binary and waits until it printed its listeners (and, when it listens on
     /// its default unix socket, until that socket accepts connections).
     pub fn start(self) -> StartedProxy {
@@ -381,7 +390,17 @@ impl ProxyOptions {
         } else {
             self.listen.clone()
         };
-        let mut command = Command::new(env!("CARGO_BIN_EXE_powerstrip"));
+        let mut command = match &self.netns {
+            // nsenter enters the namespace and execs: the child's pid is the proxy's.
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net={}", netns.display()))
+                    .arg(env!("CARGO_BIN_EXE_powerstrip"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_powerstrip")),
+        };
         command.arg("serve");
         for address in &listen {
             command.args(["--listen", address]);

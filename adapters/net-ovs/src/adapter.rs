@@ -217,21 +217,23 @@ impl NetOvs {
         Ok(request)
     }
 
-    /// OVS must answer and the bridge must exist before anything is reserved.
+    /// OVS must answer and the bridge must exist (made now if it is missing) before
+    /// anything is reserved.
     async fn check_ovs(&self) -> Result<(), HookError> {
         let bridge = &self.inner.options.bridge;
-        match self.inner.plumber.ovs.bridge_exists(bridge).await {
+        let ovs = &self.inner.plumber.ovs;
+        let unavailable =
+            |message: String| HookError::refuse(StatusCode::SERVICE_UNAVAILABLE, message);
+        match ovs.bridge_exists(bridge).await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(HookError::refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "net-ovs: the Open vSwitch bridge {bridge} does not exist (yet); try again in a moment"
-                ),
-            )),
-            Err(e) => Err(HookError::refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("net-ovs: {e}"),
-            )),
+            Ok(false) => fabric::ensure_bridge(ovs, &self.inner.options, self.inner.datapath)
+                .await
+                .map_err(|e| {
+                    unavailable(format!(
+                        "net-ovs: the Open vSwitch bridge {bridge} is missing and cannot be made: {e}"
+                    ))
+                }),
+            Err(e) => Err(unavailable(format!("net-ovs: {e}"))),
         }
     }
 
@@ -359,7 +361,7 @@ impl NetOvs {
         if inner.datapath == "netdev"
             && let Some(underlay) = &inner.options.underlay
         {
-            fabric::ensure_underlay(ovs, &underlay.interface)
+            fabric::ensure_underlay(ovs, &underlay.interface, &underlay.bridge)
                 .await
                 .map_err(|e| e.to_string())?;
         }

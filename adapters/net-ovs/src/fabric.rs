@@ -14,7 +14,7 @@ use crate::ovs::{Ovs, OvsError};
 use crate::plumb::{NETWORK, PEER, PEER_ADDRESS};
 use crate::state::Network;
 
-/// The OVS bridge that holds the underlay interface in the userspace datapath.
+/// The OVS bridge that holds the underlay interface in the userspace datapath, by default.
 pub const UNDERLAY_BRIDGE: &str = "psul0";
 
 /// Why the fabric could not be converged.
@@ -59,13 +59,14 @@ pub async fn ensure_bridge(
     Ok(())
 }
 
-/// For the userspace datapath: puts the underlay interface on [`UNDERLAY_BRIDGE`], moves
+/// For the userspace datapath: puts the underlay interface on OVS bridge `bridge`, moves
 /// its addresses to the bridge's own interface, routes tunnel traffic through it, and turns
 /// TX checksum offload off on it. Idempotent.
-pub async fn ensure_underlay(ovs: &Ovs, interface: &str) -> Result<(), FabricError> {
-    ovs.ensure_bridge(UNDERLAY_BRIDGE, "netdev").await?;
+pub async fn ensure_underlay(ovs: &Ovs, interface: &str, bridge: &str) -> Result<(), FabricError> {
+    let underlay_bridge = bridge;
+    ovs.ensure_bridge(underlay_bridge, "netdev").await?;
     let on_bridge = ovs
-        .ports(UNDERLAY_BRIDGE)
+        .ports(underlay_bridge)
         .await?
         .iter()
         .any(|p| p.name == interface);
@@ -73,10 +74,10 @@ pub async fn ensure_underlay(ovs: &Ovs, interface: &str) -> Result<(), FabricErr
     if !on_bridge {
         info!(
             interface,
-            bridge = UNDERLAY_BRIDGE,
+            bridge = underlay_bridge,
             "moving the underlay onto OVS"
         );
-        ovs.add_port(UNDERLAY_BRIDGE, interface, None, &[], &[])
+        ovs.add_port(underlay_bridge, interface, None, &[], &[])
             .await?;
     }
     link::disable_offloads(interface, false).await?;
@@ -85,14 +86,14 @@ pub async fn ensure_underlay(ovs: &Ovs, interface: &str) -> Result<(), FabricErr
         link::flush_ipv4(interface).await?;
     }
     addresses.extend(
-        link::ipv4_addresses(UNDERLAY_BRIDGE)
+        link::ipv4_addresses(underlay_bridge)
             .await
             .unwrap_or_default(),
     );
     for (address, prefix) in &addresses {
-        link::add_address(UNDERLAY_BRIDGE, *address, *prefix).await?;
+        link::add_address(underlay_bridge, *address, *prefix).await?;
     }
-    link::up(UNDERLAY_BRIDGE, 1500).await?;
+    link::up(underlay_bridge, 1500).await?;
     for (address, prefix) in &addresses {
         let net = ipnet::Ipv4Net::new(*address, *prefix)
             .map(|n| n.trunc())
@@ -100,7 +101,7 @@ pub async fn ensure_underlay(ovs: &Ovs, interface: &str) -> Result<(), FabricErr
                 what: "ovs/route/add".into(),
                 reason: e.to_string(),
             })?;
-        ovs.route_add(&net.to_string(), UNDERLAY_BRIDGE).await?;
+        ovs.route_add(&net.to_string(), underlay_bridge).await?;
     }
     Ok(())
 }

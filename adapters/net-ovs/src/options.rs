@@ -31,6 +31,13 @@ pub struct Underlay {
     /// With the userspace datapath it is moved onto an OVS bridge, and its addresses onto
     /// that bridge's own interface.
     pub interface: String,
+    /// That OVS bridge (userspace datapath only).
+    #[serde(default = "default_underlay_bridge")]
+    pub bridge: String,
+}
+
+fn default_underlay_bridge() -> String {
+    crate::fabric::UNDERLAY_BRIDGE.to_owned()
 }
 
 /// The options as written.

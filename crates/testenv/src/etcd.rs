@@ -29,6 +29,9 @@ struct Member {
 #[derive(Debug)]
 pub struct EtcdCluster {
     members: Vec<Member>,
+    /// Besides loopback, the address clients reach the members at (another "host" of a
+    /// multi-host test cannot reach this namespace's loopback).
+    public: Option<std::net::Ipv4Addr>,
     initial_cluster: String,
     token: String,
     dir: Option<TempDir>,
@@ -37,6 +40,12 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts a cluster of `size` members and waits until every one is healthy.
     pub fn start(size: usize) -> EtcdCluster {
+        Self::start_on(size, None)
+    }
+
+    /// [`EtcdCluster::start`], its members also listening on `public` (an address of this
+    /// namespace that other namespaces reach), which [`EtcdCluster::endpoints`] then names.
+    pub fn start_on(size: usize, public: Option<std::net::Ipv4Addr>) -> EtcdCluster {
         let dir = tempfile::Builder::new()
             .prefix("powerstrip-etcd-")
             .tempdir()
@@ -62,6 +71,7 @@ impl EtcdCluster {
         );
         let mut cluster = EtcdCluster {
             members,
+            public,
             initial_cluster,
             token,
             dir: Some(dir),
@@ -80,8 +90,18 @@ impl EtcdCluster {
         let args = [
             format!("--name={}", m.name),
             format!("--data-dir={}", m.data.display()),
-            format!("--listen-client-urls=http://127.0.0.1:{}", m.client_port),
-            format!("--advertise-client-urls=http://127.0.0.1:{}", m.client_port),
+            match self.public {
+                Some(ip) => format!(
+                    "--listen-client-urls=http://127.0.0.1:{p},http://{ip}:{p}",
+                    p = m.client_port
+                ),
+                None => format!("--listen-client-urls=http://127.0.0.1:{}", m.client_port),
+            },
+            format!(
+                "--advertise-client-urls=http://{}:{}",
+                self.host(),
+                m.client_port
+            ),
             format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer_port),
             format!(
                 "--initial-advertise-peer-urls=http://127.0.0.1:{}",
@@ -129,17 +149,20 @@ impl EtcdCluster {
         }
     }
 
+    /// The address clients use.
+    fn host(&self) -> String {
+        self.public
+            .map_or_else(|| "127.0.0.1".to_owned(), |ip| ip.to_string())
+    }
+
     /// Every member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
-            .collect()
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
     /// Member `i`'s client URL.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        format!("http://{}:{}", self.host(), self.members[i].client_port)
     }
 
     /// Kills member `i` with SIGKILL (its data stays, for [`EtcdCluster::restart`]).

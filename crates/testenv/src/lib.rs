@@ -11,10 +11,13 @@
 //!
 //! ## Layout
 //! - [`etcd`]: [`etcd::EtcdCluster`], and [`etcd::shared`], one member per test binary.
+//! - [`host`]: another "host": a network namespace with an underlay veth, its own Open
+//!   vSwitch and its own Docker daemon.
 //! - [`ovs`]: the host's Open vSwitch ([`ovs::require`]) and bridges of a test's own.
 #![forbid(unsafe_code)]
 
 pub mod etcd;
+pub mod host;
 pub mod ovs;
 
 use std::process::Command;
