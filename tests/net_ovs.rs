@@ -560,3 +560,140 @@ async fn a_proxy_killed_mid_flight_heals_when_it_comes_back() {
         net.proxy.log()
     );
 }
+
+/// Docker networks a test made (with their containers), Docker's gateway bridge if the
+/// test made it, and the plugin's socket, removed (directly) when it ends — before the
+/// proxy that serves the plugin stops, since Docker asks the driver to delete a network.
+struct DockerNetworks {
+    names: Vec<String>,
+    gateway_existed: bool,
+    driver: String,
+}
+
+impl Drop for DockerNetworks {
+    fn drop(&mut self) {
+        let docker = |args: &[&str]| {
+            Command::new("docker")
+                .args(["-H", &direct()])
+                .args(args)
+                .output()
+        };
+        for name in &self.names {
+            let filter = format!("network={name}");
+            if let Ok(out) = docker(&["ps", "-aq", "--filter", &filter]) {
+                let ids = String::from_utf8_lossy(&out.stdout).into_owned();
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm", "-f"];
+                    args.extend(ids);
+                    let _ = docker(&args);
+                }
+            }
+            let _ = docker(&["network", "rm", name]);
+        }
+        if !self.gateway_existed {
+            let _ = docker(&["network", "rm", "docker_gwbridge"]);
+        }
+        let _ = std::fs::remove_file(format!("/run/docker/plugins/{}.sock", self.driver));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_plugin_path_uses_the_same_overlays_and_addresses() {
+    let driver = format!("pst{}plug", std::process::id());
+    let Some(mut net) = Net::start(8, &format!(", plugin = \"{driver}\"")) else {
+        return;
+    };
+    let gateway_existed = docker(&direct(), &["network", "inspect", "docker_gwbridge"], None)
+        .await
+        .code
+        == 0;
+    let blue = format!("{driver}-blue");
+    let red = format!("{driver}-red");
+    let mut networks = DockerNetworks {
+        names: Vec::new(),
+        gateway_existed,
+        driver: driver.clone(),
+    };
+    let host = net.proxy.host();
+    for (name, overlay) in [(&blue, "blue"), (&red, "red")] {
+        let option = format!("powerstrip.network={overlay}");
+        let made = docker(
+            &host,
+            &[
+                "network",
+                "create",
+                "-d",
+                &driver,
+                "--ipam-driver",
+                "null",
+                "-o",
+                &option,
+                name,
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(made.code, 0, "{made:?}\n{}", net.proxy.log());
+        networks.names.push(name.clone());
+    }
+    let p1 = net
+        .run(&["--network", &blue, IMAGE, "sleep", "300"])
+        .await
+        .unwrap();
+    let p2 = net
+        .run(&["--network", &blue, IMAGE, "sleep", "300"])
+        .await
+        .unwrap();
+    let r1 = net
+        .run(&["--network", &red, IMAGE, "sleep", "300"])
+        .await
+        .unwrap();
+    // The label path, on the same overlay.
+    let l1 = net.on("blue", &[]).await;
+    let ip = |id: String, network: String| async move {
+        let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+        docker(&direct(), &["inspect", "-f", &format, &id], None)
+            .await
+            .out()
+            .trim()
+            .to_owned()
+    };
+    let p1_ip = ip(p1.clone(), blue.clone()).await;
+    let p2_ip = ip(p2.clone(), blue.clone()).await;
+    let l1_ip = label(&l1, "powerstrip.network.blue.ip").await;
+    let mut all = vec![p1_ip.clone(), p2_ip.clone(), l1_ip.clone()];
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 3, "an address was handed out twice: {all:?}");
+    assert!(all.iter().all(|a| a.starts_with("10.50.0.")), "{all:?}");
+    assert!(
+        pings(&p1, &p2_ip).await,
+        "plugin to plugin:\n{}",
+        net.proxy.log()
+    );
+    assert!(pings(&p1, &l1_ip).await, "plugin to label");
+    assert!(pings(&l1, &p1_ip).await, "label to plugin");
+    assert!(!pings(&r1, &p1_ip).await, "red reaches blue");
+    // A restart keeps the endpoint and its address; rm gives it back.
+    assert_eq!(docker(&host, &["restart", &p1], None).await.code, 0);
+    assert_eq!(ip(p1.clone(), blue.clone()).await, p1_ip);
+    assert!(pings(&p2, &p1_ip).await, "after restart");
+    assert_eq!(docker(&host, &["rm", "-f", &p2], None).await.code, 0);
+    let p3 = net
+        .run(&["--network", &blue, IMAGE, "sleep", "300"])
+        .await
+        .unwrap();
+    assert_eq!(ip(p3, blue.clone()).await, p2_ip, "the address came back");
+    // Without --ipam-driver null, Docker would assign addresses of its own: refused.
+    let plain = format!("{driver}-plain");
+    let made = docker(&host, &["network", "create", "-d", &driver, &plain], None).await;
+    if made.code == 0 {
+        networks.names.push(plain.clone());
+        let refused = net
+            .run(&["--network", &plain, IMAGE, "true"])
+            .await
+            .unwrap_err();
+        assert!(refused.contains("--ipam-driver null"), "{refused}");
+    }
+}

@@ -127,7 +127,28 @@ impl NetOvs {
         ctx.spawn("net-ovs peers", |stop| async move {
             watcher.watch_peers(stop).await;
         });
+        if let Some(name) = adapter.inner.options.plugin.clone() {
+            let plugin = adapter.clone();
+            ctx.spawn("net-ovs plugin", |stop| async move {
+                // A context that only validates options is stopped at once.
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                crate::plugin::serve(plugin, name, stop).await;
+            });
+        }
         adapter
+    }
+
+    /// The context the adapter runs in.
+    pub fn context(&self) -> &Context {
+        &self.inner.ctx
+    }
+
+    /// The plumber (OVS, options).
+    pub fn plumber(&self) -> &Plumber {
+        &self.inner.plumber
     }
 
     /// The adapter's view of the store.
@@ -406,6 +427,7 @@ impl NetOvs {
             }))
             .await
             .map_err(|e| format!("listing containers: {e}"))?;
+        let endpoints = self.live_endpoints().await?;
         let mut existing = HashSet::new();
         let mut running = HashSet::new();
         let mut tokens = HashMap::new();
@@ -432,8 +454,20 @@ impl NetOvs {
             }
             existing.insert(id);
         }
-        // Ports of containers that no longer run.
+        // Ports of containers that no longer run, and of endpoints that are gone.
         for port in ports {
+            if let (Some(endpoints), Some(endpoint)) =
+                (&endpoints, port.external_ids.get(crate::plugin::ENDPOINT))
+                && !endpoints.contains(endpoint)
+            {
+                let _ = inner
+                    .plumber
+                    .ovs
+                    .del_port(&inner.options.bridge, &port.name)
+                    .await;
+                let _ = crate::link::delete(&port.name).await;
+                continue;
+            }
             if let Some(id) = port.external_ids.get(CONTAINER_ID)
                 && !running.contains(id)
             {
@@ -450,6 +484,29 @@ impl NetOvs {
         let now = now();
         for (kv, allocation) in allocations {
             if allocation.node != inner.state.node() {
+                continue;
+            }
+            if let Some(endpoint) = allocation
+                .holder
+                .strip_prefix(crate::plugin::ENDPOINT_HOLDER)
+            {
+                // Docker shows an endpoint only once its driver made it: a young one is
+                // left alone.
+                let gone = endpoints.as_ref().is_some_and(|e| !e.contains(endpoint))
+                    && now.saturating_sub(allocation.since) > 60;
+                if gone {
+                    info!(key = %kv.key, endpoint, "releasing the address of an endpoint that is gone");
+                    let _ = inner
+                        .state
+                        .store()
+                        .delete(&kv.key, Some(kv.mod_revision))
+                        .await;
+                    let _ = inner
+                        .state
+                        .store()
+                        .delete(&crate::plugin::endpoint_key(endpoint), None)
+                        .await;
+                }
                 continue;
             }
             let stale = match allocation.holder.strip_prefix(RESERVATION) {
@@ -480,6 +537,37 @@ impl NetOvs {
             }
         }
         Ok(())
+    }
+
+    /// The endpoints of this plugin's Docker networks, when the plugin is served.
+    async fn live_endpoints(&self) -> Result<Option<HashSet<String>>, String> {
+        use powerstrip_adapter::context::bollard::query_parameters::ListNetworksOptions;
+        let Some(driver) = &self.inner.options.plugin else {
+            return Ok(None);
+        };
+        let docker = self.inner.ctx.docker().map_err(|e| e.to_string())?;
+        let mut filters = HashMap::new();
+        filters.insert("driver".to_owned(), vec![driver.clone()]);
+        let networks = docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(|e| format!("listing networks: {e}"))?;
+        let mut endpoints = HashSet::new();
+        for network in networks {
+            let Some(id) = network.id else { continue };
+            let inspect = docker
+                .inspect_network(&id, None)
+                .await
+                .map_err(|e| format!("inspecting network {id}: {e}"))?;
+            for container in inspect.containers.unwrap_or_default().values() {
+                if let Some(endpoint) = &container.endpoint_id {
+                    endpoints.insert(endpoint.clone());
+                }
+            }
+        }
+        Ok(Some(endpoints))
     }
 
     /// Whether container `id` may be running: false only when Docker says it is not, or

@@ -57,6 +57,14 @@ pub fn parse_address(text: &str) -> Result<Ipv4Addr, IpamError> {
         .map_err(|_| IpamError::NotAnAddress(text.to_owned()))
 }
 
+/// The MAC address of the interface that holds `address`: `0a:58` and the address's four
+/// bytes (locally administered), so that an interface made again after a restart keeps the
+/// MAC its peers already know.
+pub fn mac_for(address: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = address.octets();
+    [0x0a, 0x58, a, b, c, d]
+}
+
 /// The address kept free in every subnet for a gateway: the first host address (`.1`).
 pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + 1)

@@ -21,6 +21,8 @@
 //! - [`plumb`]: attaching and detaching a container, undone on failure.
 //! - [`fabric`]: the bridge, the underlay and the tunnels to peers.
 //! - [`adapter`]: the hooks, the reconciler, the event follower.
+//! - [`plugin`]: Docker's network plugin API (`docker network create -d ...`), on the
+//!   same overlays and addresses.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -33,6 +35,7 @@ pub mod ipam;
 pub mod link;
 pub mod options;
 pub mod ovs;
+pub mod plugin;
 pub mod plumb;
 pub mod state;
 
@@ -60,4 +63,5 @@ pub fn builtin() -> Builtin {
     .option("ovsdb", "unix:/path", Some("the default socket"), "the OVSDB of the Open vSwitch to use")
     .option("vswitchd", "path", Some("the default"), "ovs-vswitchd's control socket (ovs-appctl -t)")
     .option("reconcile", "duration", Some("10s"), "how often everything is checked, besides Docker's events")
+    .option("plugin", "driver name", Some("none"), "also serve Docker's network plugin API as this driver (docker network create -d NAME --ipam-driver null)")
 }

@@ -64,6 +64,8 @@ struct Written {
     underlay: Option<Underlay>,
     #[serde(default = "default_reconcile", with = "duration")]
     reconcile: Duration,
+    #[serde(default)]
+    plugin: Option<String>,
 }
 
 fn default_pool_prefix() -> u8 {
@@ -105,6 +107,9 @@ pub struct Options {
     pub underlay: Option<Underlay>,
     /// How often everything is reconciled (besides at every container event).
     pub reconcile: Duration,
+    /// The network plugin's driver name (`docker network create -d NAME`), when it is
+    /// served.
+    pub plugin: Option<String>,
 }
 
 impl Options {
@@ -144,6 +149,16 @@ impl Options {
         if !(576..=9000).contains(&written.mtu) {
             return Err(format!("mtu: {} must be between 576 and 9000", written.mtu));
         }
+        if let Some(plugin) = &written.plugin
+            && (plugin.is_empty()
+                || !plugin
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            return Err(format!(
+                "plugin: {plugin:?} must be a driver name: letters, digits, '-', '_' or '.'"
+            ));
+        }
         if written.bridge.is_empty() || written.bridge.len() > 15 {
             return Err(format!(
                 "bridge: {:?} must be 1 to 15 characters (an interface name)",
@@ -161,6 +176,7 @@ impl Options {
             datapath: written.datapath,
             underlay: written.underlay,
             reconcile: written.reconcile,
+            plugin: written.plugin,
         })
     }
 }
