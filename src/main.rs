@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: StateCommand,
     },
+    /// The overlay networks of the networking adapter (net-ovs), from the cluster store.
+    Net {
+        #[command(subcommand)]
+        command: NetCommand,
+    },
     /// Check an HTTP adapter (in any language) against PowerstripProtocolVersion 1.
     ///
     /// Calls it as the proxy does — pre- and post-hooks, null bodies, unknown fields,
@@ -87,6 +92,22 @@ struct StoreArgs {
     /// The state directory of the node (where the embedded store lives by default).
     #[arg(long, env = "POWERSTRIP_STATE_DIR", default_value = powerstrip_adapter::context::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum NetCommand {
+    /// Every network: subnet, VNI, VLAN tag, addresses in use.
+    Ls {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// One network and who holds each of its addresses.
+    Inspect {
+        /// The network.
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,10 +314,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { file } => check(&file),
         Command::Conformance { url, timeout } => conformance(&url, timeout),
-        Command::Nodes { store } => inspect(&store, Inspect::Nodes),
+        Command::Nodes { store } => inspect(&store, Show::Nodes),
+        Command::Net { command } => match command {
+            NetCommand::Ls { store } => inspect(&store, Show::Networks),
+            NetCommand::Inspect { name, store } => inspect(&store, Show::Network(name)),
+        },
         Command::State { command } => match command {
-            StateCommand::Ls { prefix, store } => inspect(&store, Inspect::List(prefix)),
-            StateCommand::Get { key, store } => inspect(&store, Inspect::Get(key)),
+            StateCommand::Ls { prefix, store } => inspect(&store, Show::Keys(prefix)),
+            StateCommand::Get { key, store } => inspect(&store, Show::Key(key)),
         },
         Command::Adapters => {
             for builtin in builtins().iter() {
@@ -355,16 +380,18 @@ async fn check(file: &Path) -> ExitCode {
 }
 
 /// What `nodes` and `state` show.
-enum Inspect {
+enum Show {
     Nodes,
-    List(String),
-    Get(String),
+    Keys(String),
+    Key(String),
+    Networks,
+    Network(String),
 }
 
 /// Reads the store a configuration names, read-only: the embedded file (also while the
 /// proxy has it open), or etcd.
 #[tokio::main(flavor = "current_thread")]
-async fn inspect(args: &StoreArgs, what: Inspect) -> ExitCode {
+async fn inspect(args: &StoreArgs, what: Show) -> ExitCode {
     let section = match &args.config {
         None => StoreSection::default(),
         Some(file) => match powerstrip_config::load(file) {
@@ -377,8 +404,9 @@ async fn inspect(args: &StoreArgs, what: Inspect) -> ExitCode {
     };
     let options = store_options(&section, &args.state_dir);
     let prefix = match &what {
-        Inspect::Nodes => powerstrip_store::nodes::PREFIX.to_owned(),
-        Inspect::List(prefix) | Inspect::Get(prefix) => prefix.clone(),
+        Show::Nodes => powerstrip_store::nodes::PREFIX.to_owned(),
+        Show::Keys(prefix) | Show::Key(prefix) => prefix.clone(),
+        Show::Networks | Show::Network(_) => "net-ovs/".to_owned(),
     };
     let listing = match &options {
         StoreOptions::Embedded { path, .. } => {
@@ -397,7 +425,18 @@ async fn inspect(args: &StoreArgs, what: Inspect) -> ExitCode {
         }
     };
     match what {
-        Inspect::Nodes => {
+        Show::Networks => print!("{}", powerstrip_net_ovs::report::ls(&listing.kvs)),
+        Show::Network(name) => match powerstrip_net_ovs::report::inspect(&listing.kvs, &name) {
+            Some(text) => print!("{text}"),
+            None => {
+                eprintln!(
+                    "powerstrip: no network {name:?} in {}",
+                    describe_store(&options)
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        Show::Nodes => {
             println!("{:<20} {:<34} {:<16} LABELS", "NAME", "ID", "ADDRESS");
             let mut nodes: Vec<powerstrip_store::nodes::Node> = listing
                 .kvs
@@ -420,7 +459,7 @@ async fn inspect(args: &StoreArgs, what: Inspect) -> ExitCode {
                 );
             }
         }
-        Inspect::List(_) => {
+        Show::Keys(_) => {
             println!("{:<60} {:>10} {:>8} LEASE", "KEY", "REVISION", "BYTES");
             for kv in &listing.kvs {
                 let lease = kv.lease.map_or_else(|| "-".to_owned(), |l| l.to_string());
@@ -432,7 +471,7 @@ async fn inspect(args: &StoreArgs, what: Inspect) -> ExitCode {
                 );
             }
         }
-        Inspect::Get(key) => match listing.kvs.iter().find(|kv| kv.key == key) {
+        Show::Key(key) => match listing.kvs.iter().find(|kv| kv.key == key) {
             Some(kv) => match serde_json::from_slice::<serde_json::Value>(&kv.value) {
                 Ok(json) => println!(
                     "{}",

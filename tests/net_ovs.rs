@@ -206,6 +206,35 @@ async fn containers_on_blue_reach_each_other_and_red_cannot_reach_blue() {
     assert!(!pings(&r, &a_ip).await, "red reaches blue");
     // red's address is not in blue's subnet either way; and blue is not routed to red.
     assert!(!pings(&a, "10.51.0.2").await);
+    // Operators see the networks and who holds what.
+    let net_cmd = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_powerstrip"))
+            .arg("net")
+            .args(args)
+            .arg("--state-dir")
+            .arg(net.proxy.dir().join("state"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ls = net_cmd(&["ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("blue") && l.contains("10.50.0.0/24") && l.contains("2/253")),
+        "{ls}"
+    );
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("red") && l.contains("1/253")),
+        "{ls}"
+    );
+    let blue = net_cmd(&["inspect", "blue"]);
+    assert!(blue.contains(&a_ip) && blue.contains(&a), "{blue}");
     // Each network is a VLAN tag of its own on the bridge.
     let tags = vsctl(
         None,

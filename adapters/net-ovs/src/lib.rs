@@ -21,6 +21,7 @@
 //! - [`plumb`]: attaching and detaching a container, undone on failure.
 //! - [`fabric`]: the bridge, the underlay and the tunnels to peers.
 //! - [`adapter`]: the hooks, the reconciler, the event follower.
+//! - [`report`]: what `powerstrip net ls|inspect` prints.
 //! - [`plugin`]: Docker's network plugin API (`docker network create -d ...`), on the
 //!   same overlays and addresses.
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod options;
 pub mod ovs;
 pub mod plugin;
 pub mod plumb;
+pub mod report;
 pub mod state;
 
 pub use adapter::NetOvs;
