@@ -300,6 +300,48 @@ async fn restart_and_stop_start_keep_the_address_and_rm_releases_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_exits_at_once_starts_as_it_would_directly() {
+    // `docker run ... true`: by the time the start post-hook looks, the container may be
+    // gone, its namespace with it. That is no failure: Docker started it as asked.
+    let Some(mut net) = Net::start(9, "") else {
+        return;
+    };
+    let host = net.proxy.host();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let id = net
+            .run(&["--label", "powerstrip.network=blue", IMAGE, "true"])
+            .await
+            .unwrap_or_else(|e| panic!("docker run ... true: {e}\n{}", net.proxy.log()));
+        ids.push(id);
+    }
+    // Started again, it exits again, as cleanly.
+    let again = docker(&host, &["start", "-a", &ids[0]], None).await;
+    assert_eq!(again.code, 0, "{again:?}\n{}", net.proxy.log());
+    // They keep their addresses (they may be started again) and leave no port behind.
+    for id in &ids {
+        assert!(
+            label(id, "powerstrip.network.blue.ip")
+                .await
+                .starts_with("10.50.0."),
+            "{id} lost its address"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ports = vsctl(None, &["list-ports", net.bridge.name()]);
+        if !ports.contains("psv") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ports left by exited containers: {ports}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_addresses_and_refusals_name_what_is_wrong() {
     let Some(mut net) = Net::start(3, "") else {
         return;

@@ -342,13 +342,46 @@ impl NetOvs {
             .unwrap_or_default()
             .trim_start_matches('/')
             .to_owned();
-        self.inner
+        let plumbed = self
+            .inner
             .plumber
             .plumb(&id, u32::try_from(pid).unwrap_or(0), &pairs)
-            .await
-            .map_err(|e| plumb_failure(&id, &name, &pairs, e))?;
+            .await;
+        if let Err(error) = plumbed {
+            // A container that has already exited (`docker run ... true`) has no namespace
+            // left to plumb: nothing failed, its next start plumbs it. Take off whatever
+            // the attempt left in the switch.
+            if !self.still_running(&docker, &id, pid).await {
+                debug!(container = %id, %error, "exited before it could be plumbed");
+                let _ = self.inner.plumber.unplumb(&id).await;
+                return Ok(());
+            }
+            return Err(plumb_failure(&id, &name, &pairs, error));
+        }
         debug!(container = %id, "plumbed");
         Ok(())
+    }
+
+    /// Whether container `id` still runs as process `pid` (an inspect that fails counts as
+    /// running: the failure stands).
+    async fn still_running(
+        &self,
+        docker: &powerstrip_adapter::context::bollard::Docker,
+        id: &str,
+        pid: i64,
+    ) -> bool {
+        match docker.inspect_container(id, None).await {
+            Ok(inspect) => inspect
+                .state
+                .is_some_and(|s| s.running == Some(true) && s.pid == Some(pid)),
+            Err(
+                powerstrip_adapter::context::bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    ..
+                },
+            ) => false,
+            Err(_) => true,
+        }
     }
 
     // -----------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
-//! Network interfaces through netlink (rtnetlink): veth pairs created in this namespace,
-//! one end moved into a container's network namespace and configured there — from a thread
-//! of its own that enters that namespace, since a netlink socket talks to the namespace it
-//! was opened in.
+//! Network interfaces through netlink (rtnetlink): veth pairs with one end born in a
+//! container's network namespace, configured there from a thread of its own that enters
+//! that namespace, since a netlink socket talks to the namespace it was opened in.
 //!
 //! Offloads are the one thing netlink's maintained crates cannot set yet (ethtool's
 //! netlink interface is read-only there); `ethtool -K`, the stable interface, does it, on
-//! both ends before one is moved.
+//! the container's end from that same thread (a child process inherits the namespace of
+//! the thread that starts it).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -66,6 +66,31 @@ pub async fn create_veth(host: &str, peer: &str) -> Result<(), LinkError> {
         .map_err(|e| fail(step)(e.to_string()))
 }
 
+/// Creates the veth pair `host` – `peer` with `peer` born in the network namespace of
+/// process `pid`, both ends at `mtu` and `host` up. Cheaper than creating the pair here and
+/// moving one end: moving an interface between namespaces waits for the kernel to quiesce
+/// it, creating it there does not.
+pub async fn create_veth_into(host: &str, peer: &str, pid: u32, mtu: u32) -> Result<(), LinkError> {
+    use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+    let step = format!("creating the veth pair {host}/{peer} into the container's namespace");
+    let handle = handle().map_err(fail(step.clone()))?;
+    let peer = LinkUnspec::new_with_name(peer)
+        .mtu(mtu)
+        .setns_by_pid(pid)
+        .build();
+    let message = LinkVeth::new(host, "")
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .mtu(mtu)
+        .up()
+        .build();
+    handle
+        .link()
+        .add(message)
+        .execute()
+        .await
+        .map_err(|e| fail(step)(e.to_string()))
+}
+
 /// Deletes interface `name` (and its veth peer); nothing when it does not exist.
 pub async fn delete(name: &str) -> Result<(), LinkError> {
     let step = format!("deleting {name}");
@@ -93,22 +118,10 @@ pub async fn up(name: &str, mtu: u32) -> Result<(), LinkError> {
         .map_err(|e| fail(step)(e.to_string()))
 }
 
-/// Moves interface `name` into the network namespace of process `pid`.
-pub async fn move_to(name: &str, pid: u32) -> Result<(), LinkError> {
-    let step = format!("moving {name} into the container's network namespace");
-    let handle = handle().map_err(fail(step.clone()))?;
-    let message = LinkUnspec::new_with_name(name).setns_by_pid(pid).build();
-    handle
-        .link()
-        .set(message)
-        .execute()
-        .await
-        .map_err(|e| fail(step)(e.to_string()))
-}
-
 /// Turns off the offloads the userspace datapath cannot honour: checksums left to the
 /// NIC (dropped after tunnel encapsulation), segmentation and receive coalescing (frames
 /// larger than the MTU). `receive`: also generic receive offload (the end OVS reads).
+/// Works in the namespace of the calling thread.
 pub async fn disable_offloads(name: &str, receive: bool) -> Result<(), LinkError> {
     let step = format!("turning offloads off on {name}");
     let mut args = vec!["-K", name, "tx", "off", "tso", "off", "gso", "off"];
@@ -147,17 +160,25 @@ pub struct InNamespace {
     pub prefix: u8,
     /// Its MTU.
     pub mtu: u32,
+    /// Whether to turn its transmit offloads off first (for the userspace datapath).
+    pub offloads_off: bool,
 }
 
 /// Names, addresses and brings up an interface inside the network namespace of process
 /// `pid`, with gratuitous ARP on (`arp_notify`: the kernel announces the address when the
-/// interface comes up). Returns the name it got.
-pub async fn configure_in(pid: u32, spec: InNamespace) -> Result<String, LinkError> {
+/// interface comes up). It comes up only once `ready` fires — when the other end is on the
+/// switch, so that the announcement reaches the network; if `ready` is dropped instead,
+/// it stays down and this fails. Returns the name it got.
+pub async fn configure_in(
+    pid: u32,
+    spec: InNamespace,
+    ready: oneshot::Receiver<()>,
+) -> Result<String, LinkError> {
     let (tx, rx) = oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("net-ovs-netns".into())
         .spawn(move || {
-            let _ = tx.send(configure_in_thread(pid, &spec));
+            let _ = tx.send(configure_in_thread(pid, &spec, ready));
         });
     if let Err(e) = spawned {
         return Err(fail("entering the container's network namespace")(
@@ -171,7 +192,11 @@ pub async fn configure_in(pid: u32, spec: InNamespace) -> Result<String, LinkErr
 
 /// Runs on a thread of its own, which it moves into the container's namespace for good
 /// (the thread ends with it).
-fn configure_in_thread(pid: u32, spec: &InNamespace) -> Result<String, LinkError> {
+fn configure_in_thread(
+    pid: u32,
+    spec: &InNamespace,
+    ready: oneshot::Receiver<()>,
+) -> Result<String, LinkError> {
     let enter = "entering the container's network namespace";
     let namespace = std::fs::File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|e| fail(enter)(format!("/proc/{pid}/ns/net: {e}")))?;
@@ -210,6 +235,10 @@ fn configure_in_thread(pid: u32, spec: &InNamespace) -> Result<String, LinkError
                 fail(format!("finding {} in the container", spec.from))("it is not there".into())
             })?;
         let index = link.header.index;
+        if spec.offloads_off {
+            // `ethtool`, started from this thread, runs in the container's namespace.
+            disable_offloads(&spec.from, false).await?;
+        }
         let rename = format!("naming it {name}");
         handle
             .link()
@@ -236,6 +265,11 @@ fn configure_in_thread(pid: u32, spec: &InNamespace) -> Result<String, LinkError
         }
         // Gratuitous ARP when it comes up; this thread's /proc/sys/net is the namespace's.
         let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{name}/arp_notify"), "1");
+        if ready.await.is_err() {
+            return Err(fail(format!("bringing {name} up"))(
+                "its other end could not be put on the switch".into(),
+            ));
+        }
         handle
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())

@@ -123,46 +123,57 @@ impl Plumber {
         // Leftovers of an attempt that was interrupted.
         link::delete(&host).await.map_err(link_error)?;
         link::delete(&peer).await.map_err(link_error)?;
-        link::create_veth(&host, &peer).await.map_err(link_error)?;
-        if self.netdev {
-            link::disable_offloads(&host, true)
-                .await
-                .map_err(link_error)?;
-            link::disable_offloads(&peer, false)
-                .await
-                .map_err(link_error)?;
-        }
-        link::up(&host, self.options.mtu)
+        link::create_veth_into(&host, &peer, pid, self.options.mtu)
             .await
             .map_err(link_error)?;
         let address = attachment.address.to_string();
-        self.ovs
-            .add_port(
-                &self.options.bridge,
-                &host,
-                Some(network.tag),
-                &[
-                    (CONTAINER_ID, id),
-                    (NETWORK, &network.name),
-                    ("powerstrip-address", &address),
-                ],
-                &[],
+        // The switch port and the container's side are set up at once (each is a round
+        // trip to a daemon or the kernel that waits on its own); the container's interface
+        // comes up, announcing its address, once the port is there.
+        let (ready, port_ready) = tokio::sync::oneshot::channel();
+        let port = async {
+            if self.netdev {
+                // Before OVS opens it: the userspace datapath reads what offloads it sees.
+                link::disable_offloads(&host, true)
+                    .await
+                    .map_err(link_error)?;
+            }
+            self.ovs
+                .add_port(
+                    &self.options.bridge,
+                    &host,
+                    Some(network.tag),
+                    &[
+                        (CONTAINER_ID, id),
+                        (NETWORK, &network.name),
+                        ("powerstrip-address", &address),
+                    ],
+                    &[],
+                )
+                .await
+                .map_err(ovs_error)?;
+            let _ = ready.send(());
+            Ok::<(), PlumbError>(())
+        };
+        let inside = async {
+            link::configure_in(
+                pid,
+                InNamespace {
+                    from: peer,
+                    to: None,
+                    address: attachment.address,
+                    prefix: network.subnet.prefix_len(),
+                    mtu: self.options.mtu,
+                    offloads_off: self.netdev,
+                },
+                port_ready,
             )
             .await
-            .map_err(ovs_error)?;
-        link::move_to(&peer, pid).await.map_err(link_error)?;
-        link::configure_in(
-            pid,
-            InNamespace {
-                from: peer,
-                to: None,
-                address: attachment.address,
-                prefix: network.subnet.prefix_len(),
-                mtu: self.options.mtu,
-            },
-        )
-        .await
-        .map_err(link_error)?;
+            .map_err(link_error)
+        };
+        let (port, inside) = tokio::join!(port, inside);
+        port?;
+        inside?;
         Ok(())
     }
 
