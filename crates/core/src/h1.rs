@@ -1080,4 +1080,80 @@ mod tests {
             );
         }
     }
+
+    /// A connection that Docker wrote to unasked, after its answer, is not reused: the
+    /// next request goes on a new connection and gets its own answer.
+    #[tokio::test]
+    async fn stray_bytes_on_an_idle_connection_are_not_read_as_the_next_answer() {
+        use http_body_util::BodyExt;
+        use tokio::io::AsyncReadExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (stray_sent, stray) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = first.read(&mut request).await.unwrap();
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+                .await
+                .unwrap();
+            // Read in full by the client; then an answer nobody asked for.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+                .await
+                .unwrap();
+            stray_sent.send(()).unwrap();
+            let (mut second, _) = listener.accept().await.unwrap();
+            let _ = second.read(&mut request).await.unwrap();
+            second
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+                .await
+                .unwrap();
+            // Keep both open until the client is done.
+            let _ = second.read(&mut request).await;
+            drop(first);
+        });
+        let idle = Arc::new(Idle::new(1));
+        let connector = Connector::new(crate::connect::Target::Unix(Arc::new(path)));
+        let (head, ()) = http::Request::get("/v1.47/version")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut bodies = Vec::new();
+        let response = send(&idle, &connector, &head, Bytes::new()).await.unwrap();
+        bodies.push(response.into_body().collect().await.unwrap().to_bytes());
+        stray.await.unwrap();
+        // Let the stray answer arrive.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let response = send(&idle, &connector, &head, Bytes::new()).await.unwrap();
+        bodies.push(response.into_body().collect().await.unwrap().to_bytes());
+        assert_eq!(bodies, [&b"first"[..], &b"second"[..]]);
+        drop(idle);
+        server.await.unwrap();
+    }
+
+    /// An idle connection is reused when nothing has arrived on it, and dropped when the
+    /// peer has closed it.
+    #[tokio::test]
+    async fn idle_connections_are_checked_before_reuse() {
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let mut conn = Conn::new(Stream::Unix(ours));
+        assert!(still_idle(&mut conn).await);
+        // What arrives is seen once the runtime has polled for events, as it always has
+        // between two requests.
+        let settle = || tokio::time::sleep(std::time::Duration::from_millis(10));
+        theirs.write_all(b"x").await.unwrap();
+        settle().await;
+        assert!(!still_idle(&mut conn).await);
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let mut conn = Conn::new(Stream::Unix(ours));
+        assert!(still_idle(&mut conn).await);
+        drop(theirs);
+        settle().await;
+        assert!(!still_idle(&mut conn).await);
+    }
 }
