@@ -81,7 +81,18 @@ pub(crate) enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// Any in-memory stream, through which the fuzz targets feed scripted bytes to the
+    /// lean client (`crate::fuzzing`). Absent from normal builds.
+    #[cfg(feature = "fuzzing")]
+    Memory(Box<dyn MemoryIo>),
 }
+
+/// What an in-memory [`Stream`] must be.
+#[cfg(feature = "fuzzing")]
+pub(crate) trait MemoryIo: AsyncRead + AsyncWrite + Send + Unpin {}
+
+#[cfg(feature = "fuzzing")]
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> MemoryIo for T {}
 
 /// Why a request could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +212,8 @@ impl AsyncRead for Stream {
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(feature = "fuzzing")]
+            Stream::Memory(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -215,6 +228,8 @@ impl AsyncWrite for Stream {
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(feature = "fuzzing")]
+            Stream::Memory(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -227,6 +242,8 @@ impl AsyncWrite for Stream {
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "fuzzing")]
+            Stream::Memory(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -235,6 +252,8 @@ impl AsyncWrite for Stream {
             Stream::Unix(s) => s.is_write_vectored(),
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            #[cfg(feature = "fuzzing")]
+            Stream::Memory(s) => s.is_write_vectored(),
         }
     }
 
@@ -243,6 +262,8 @@ impl AsyncWrite for Stream {
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(feature = "fuzzing")]
+            Stream::Memory(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -251,6 +272,8 @@ impl AsyncWrite for Stream {
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(feature = "fuzzing")]
+            Stream::Memory(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -26,12 +26,20 @@ use tracing::debug;
 
 use crate::connect::{Connector, Stream};
 
-/// The largest response head read (status line and headers).
+/// The largest response head read (status line and headers; each interim `1xx` head on its
+/// own).
 const MAX_HEAD: usize = 64 * 1024;
-/// The most response headers parsed (hyper's default too).
+/// The most response headers parsed, and the most trailer fields (hyper's default too).
 const MAX_HEADERS: usize = 100;
-/// The largest chunk-size line (with extensions) or trailer line accepted.
-const MAX_LINE: usize = 4096;
+/// The longest chunk-size line (size, extensions, CRLF) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+/// A body's chunk extensions, all chunks together, must be shorter than this (hyper's
+/// limit too): they are read and ignored.
+const CHUNK_EXTENSIONS_LIMIT: u64 = 16 * 1024;
+/// A trailer section must be shorter than this (hyper's limit too).
+const TRAILERS_LIMIT: usize = 16 * 1024;
+/// The largest `Content-Length` accepted (hyper's too: it keeps two values for itself).
+const MAX_CONTENT_LENGTH: u64 = u64::MAX - 2;
 /// The read buffer's first size: a whole small answer in one read.
 const FIRST_READ: usize = 8 * 1024;
 /// The largest request buffer kept for the next request.
@@ -65,7 +73,17 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn encode(&mut self, encode: impl Fn(&mut Vec<u8>)) {
+    /// A new connection, nothing read from it yet.
+    pub(crate) fn new(io: Stream) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::with_capacity(FIRST_READ),
+            out: Vec::new(),
+        }
+    }
+
+    /// Writes the next request into the output buffer, kept from the last one.
+    pub(crate) fn encode(&mut self, encode: impl Fn(&mut Vec<u8>)) {
         self.out.clear();
         if self.out.capacity() > MAX_KEPT_OUT {
             self.out = Vec::new();
@@ -100,7 +118,7 @@ impl Idle {
         }
     }
 
-    fn take(&self) -> Option<Conn> {
+    pub(crate) fn take(&self) -> Option<Conn> {
         self.conns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -144,11 +162,16 @@ pub(crate) async fn send(
         Retry::Unsent
     };
     send_with(idle, connector, head.method == Method::HEAD, retry, |out| {
-        out.reserve(256 + body.len());
-        encode_head(head, body.len(), out);
-        out.extend_from_slice(&body);
+        encode_request(head, &body, out);
     })
     .await
+}
+
+/// Writes a whole request: its head (see [`encode_head`]) and `body`.
+pub(crate) fn encode_request(head: &http::request::Parts, body: &[u8], out: &mut Vec<u8>) {
+    out.reserve(256 + body.len());
+    encode_head(head, body.len(), out);
+    out.extend_from_slice(body);
 }
 
 /// Sends the request `encode` writes (a complete HTTP/1.1 request) on an idle connection
@@ -160,7 +183,11 @@ pub(crate) async fn send_with(
     retry: Retry,
     encode: impl Fn(&mut Vec<u8>),
 ) -> Result<Response<UpstreamBody>, H1Error> {
-    if let Some(mut conn) = idle.take() {
+    while let Some(mut conn) = idle.take() {
+        if !still_idle(&mut conn).await {
+            debug!("idle connection was closed or sent bytes unasked; dropping it");
+            continue;
+        }
         conn.encode(&encode);
         match exchange(conn, head_only).await {
             Ok((response, reading)) => return Ok(respond(response, reading, idle)),
@@ -169,15 +196,12 @@ pub(crate) async fn send_with(
                     || (failure.nothing_read && matches!(retry, Retry::Unanswered)) =>
             {
                 debug!(error = %failure.error, "idle connection was closed; opening a new one");
+                break;
             }
             Err(failure) => return Err(failure.error),
         }
     }
-    let mut conn = Conn {
-        io: connector.connect().await?,
-        buf: BytesMut::with_capacity(FIRST_READ),
-        out: Vec::new(),
-    };
+    let mut conn = Conn::new(connector.connect().await?);
     conn.encode(&encode);
     match exchange(conn, head_only).await {
         Ok((response, reading)) => Ok(respond(response, reading, idle)),
@@ -185,7 +209,31 @@ pub(crate) async fn send_with(
     }
 }
 
-fn respond(response: Response<()>, reading: Reading, idle: &Arc<Idle>) -> Response<UpstreamBody> {
+/// Whether an idle connection can carry another request: the peer has neither closed it
+/// nor sent anything since the last answer ended. Bytes sent unasked would be read as the
+/// start of the next answer (hyper's client refuses them too, and closes the connection).
+///
+/// It tries one read, which must find nothing. That costs no more than before: the read
+/// right after the request is written would otherwise be the one to find nothing (Docker
+/// has not answered yet), and now waits for the answer at once.
+pub(crate) async fn still_idle(conn: &mut Conn) -> bool {
+    std::future::poll_fn(|cx| {
+        conn.buf.reserve(1);
+        match poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
+            // Bytes, the end of the connection, or an error.
+            Poll::Ready(_) => Poll::Ready(false),
+            Poll::Pending => Poll::Ready(true),
+        }
+    })
+    .await
+}
+
+/// The answer with its body to read; the connection goes back to `idle` once it has been.
+pub(crate) fn respond(
+    response: Response<()>,
+    reading: Reading,
+    idle: &Arc<Idle>,
+) -> Response<UpstreamBody> {
     let mut body = UpstreamBody {
         reading: Some(reading),
         idle: idle.clone(),
@@ -197,8 +245,8 @@ fn respond(response: Response<()>, reading: Reading, idle: &Arc<Idle>) -> Respon
 }
 
 /// An exchange that failed, and how far it got.
-struct Failure {
-    error: H1Error,
+pub(crate) struct Failure {
+    pub(crate) error: H1Error,
     /// The request could not be written.
     nothing_sent: bool,
     /// Not one byte of an answer arrived.
@@ -217,7 +265,10 @@ impl Failure {
 }
 
 /// Writes the request and reads the answer's head.
-async fn exchange(mut conn: Conn, head_only: bool) -> Result<(Response<()>, Reading), Failure> {
+pub(crate) async fn exchange(
+    mut conn: Conn,
+    head_only: bool,
+) -> Result<(Response<()>, Reading), Failure> {
     let written = async {
         conn.io.write_all(&conn.out).await?;
         conn.io.flush().await
@@ -237,12 +288,12 @@ async fn exchange(mut conn: Conn, head_only: bool) -> Result<(Response<()>, Read
                     conn,
                     framing,
                     keep_alive,
+                    extensions: 0,
                 };
                 return Ok((response, reading));
             }
             Ok(None) if conn.buf.len() >= MAX_HEAD => {
-                let error = H1Error::Invalid(format!("response head larger than {MAX_HEAD} bytes"));
-                return Err(Failure::after_sending(error, true));
+                return Err(Failure::after_sending(head_too_large(), true));
             }
             Ok(None) => {}
             Err(error) => return Err(Failure::after_sending(error, true)),
@@ -257,16 +308,22 @@ async fn exchange(mut conn: Conn, head_only: bool) -> Result<(Response<()>, Read
 }
 
 /// Writes the request line and headers. The body is in memory, so its length is known:
-/// `Content-Length` is set to it (added only when there is a body or the client sent one).
+/// `Content-Length` is set to it (added only when there is a body or the client sent one),
+/// and it is the only framing the request carries: a `Transfer-Encoding` would contradict
+/// it (RFC 9112 §6.3: the recipient would read the body as chunks and the rest as another
+/// request), so none is written. The proxy strips it before it gets here anyway, with the
+/// other hop-by-hop headers.
+///
+/// An empty path is sent as `/` (RFC 9112 §3.2.1): a target of `""` or `"?query"` goes out
+/// as `/` or `/?query`, which the recipient reads as the same resource.
 fn encode_head(head: &http::request::Parts, body_len: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
-    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(if target.is_empty() {
-        b"/"
-    } else {
-        target.as_bytes()
-    });
+    let target = head.uri.path_and_query().map_or("", |pq| pq.as_str());
+    if target.is_empty() || target.starts_with('?') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut length_sent = false;
     for (name, value) in &head.headers {
@@ -276,6 +333,9 @@ fn encode_head(head: &http::request::Parts, body_len: usize, out: &mut Vec<u8>) 
             }
             length_sent = true;
             write_length(body_len, out);
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -314,8 +374,9 @@ enum Chunk {
     Data(u64),
     /// The CRLF after a chunk's data is next.
     DataEnd,
-    /// Trailer lines, up to an empty one, are next.
-    Trailers,
+    /// The trailer section: lines up to an empty one. So far it holds `fields` complete
+    /// lines, and its first `checked` bytes are well formed.
+    Trailers { checked: usize, fields: usize },
 }
 
 /// Parses a complete response head at the start of `buf` (skipping interim `1xx` answers)
@@ -337,6 +398,9 @@ fn parse_head(
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(err) => return Err(H1Error::Invalid(err.to_string())),
         };
+        if len > MAX_HEAD {
+            return Err(head_too_large());
+        }
         let code = parsed.code.unwrap_or_default();
         let status = StatusCode::from_u16(code)
             .map_err(|_| H1Error::Invalid(format!("status code {code}")))?;
@@ -364,18 +428,21 @@ fn parse_head(
             map.append(name, value);
         }
         buf.advance(len);
+        // A `close` anywhere wins, whatever else the header lists, and in any order.
         let mut keep_alive = !http10;
+        let mut close = false;
         for value in map.get_all(header::CONNECTION) {
             for token in value.to_str().unwrap_or_default().split(',') {
                 let token = token.trim();
                 if token.eq_ignore_ascii_case("close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case("keep-alive") && http10 {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
                     keep_alive = true;
                 }
             }
         }
-        let framing = framing(status, &map, head_only)?;
+        keep_alive &= !close;
+        let framing = framing(status, http10, &map, head_only)?;
         if map.contains_key(header::TRANSFER_ENCODING) {
             // A length next to a transfer coding is wrong and must not be passed on
             // (RFC 9112 §6.3): the client would wait for bytes that never come.
@@ -415,12 +482,27 @@ fn header_name(name: &str) -> Result<HeaderName, http::header::InvalidHeaderName
 }
 
 /// The body's framing (RFC 9112 §6.3).
-fn framing(status: StatusCode, headers: &HeaderMap, head_only: bool) -> Result<Framing, H1Error> {
+fn framing(
+    status: StatusCode,
+    http10: bool,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> Result<Framing, H1Error> {
     if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Length(0));
     }
-    let codings: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
-    if let Some(last) = codings.last() {
+    if let Some(last) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
+        if http10 {
+            // HTTP/1.0 has no transfer codings: the framing is faulty (RFC 9112 §6.1), and
+            // where the body ends is anyone's guess.
+            return Err(H1Error::Invalid(
+                "Transfer-Encoding in an HTTP/1.0 response".into(),
+            ));
+        }
         let chunked_last = last
             .to_str()
             .ok()
@@ -435,10 +517,9 @@ fn framing(status: StatusCode, headers: &HeaderMap, head_only: bool) -> Result<F
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.to_str().unwrap_or("x").split(',') {
-            let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| H1Error::Invalid(format!("Content-Length {value:?}")))?;
+            let n = decimal(part.trim())
+                .filter(|n| *n <= MAX_CONTENT_LENGTH)
+                .ok_or_else(|| H1Error::Invalid(format!("Content-Length {value:?}")))?;
             if length.is_some_and(|l| l != n) {
                 return Err(H1Error::Invalid("conflicting Content-Length values".into()));
             }
@@ -448,11 +529,26 @@ fn framing(status: StatusCode, headers: &HeaderMap, head_only: bool) -> Result<F
     Ok(length.map_or(Framing::Close, Framing::Length))
 }
 
+/// A number of one or more decimal digits and nothing else (no sign: `u64::from_str`
+/// would take `+5`, which other parsers refuse).
+fn decimal(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn head_too_large() -> H1Error {
+    H1Error::Invalid(format!("response head larger than {MAX_HEAD} bytes"))
+}
+
 /// The state of an answer's body being read.
-struct Reading {
+pub(crate) struct Reading {
     conn: Conn,
     framing: Framing,
     keep_alive: bool,
+    /// Chunk-extension bytes read so far (see [`CHUNK_EXTENSIONS_LIMIT`]).
+    extensions: u64,
 }
 
 impl Reading {
@@ -514,19 +610,33 @@ impl Reading {
                 Framing::Chunked(chunk) => {
                     let buf = &self.conn.buf[..];
                     let step = match chunk {
-                        Chunk::Size => match httparse::parse_chunk_size(buf) {
-                            Ok(httparse::Status::Complete((used, 0))) => {
-                                Some((used, Chunk::Trailers))
+                        Chunk::Size => match parse_chunk_line(buf) {
+                            Ok(line) => {
+                                if self.extensions + line.extensions >= CHUNK_EXTENSIONS_LIMIT {
+                                    return Poll::Ready(Some(Err(H1Error::Invalid(
+                                        "too many chunk extensions".into(),
+                                    ))));
+                                }
+                                let used = line.complete.map_or(buf.len(), |(used, _)| used);
+                                if used > MAX_CHUNK_LINE {
+                                    return Poll::Ready(Some(Err(H1Error::Invalid(format!(
+                                        "chunk size line longer than {MAX_CHUNK_LINE} bytes"
+                                    )))));
+                                }
+                                line.complete.map(|(used, size)| {
+                                    self.extensions += line.extensions;
+                                    let next = if size == 0 {
+                                        Chunk::Trailers {
+                                            checked: 0,
+                                            fields: 0,
+                                        }
+                                    } else {
+                                        Chunk::Data(size)
+                                    };
+                                    (used, next)
+                                })
                             }
-                            Ok(httparse::Status::Complete((used, size))) => {
-                                Some((used, Chunk::Data(size)))
-                            }
-                            Ok(httparse::Status::Partial) => None,
-                            Err(_) => {
-                                return Poll::Ready(Some(Err(H1Error::Invalid(
-                                    "bad chunk size line".into(),
-                                ))));
-                            }
+                            Err(error) => return Poll::Ready(Some(Err(error))),
                         },
                         Chunk::DataEnd => match buf {
                             [b'\r', b'\n', ..] => Some((2, Chunk::Size)),
@@ -537,16 +647,30 @@ impl Reading {
                                 ))));
                             }
                         },
-                        Chunk::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
-                            // The empty line ends the body; trailer fields are dropped.
-                            Some(0) => {
-                                self.conn.buf.advance(2);
-                                self.framing = Framing::Length(0);
-                                return Poll::Ready(None);
+                        Chunk::Trailers { checked, fields } => {
+                            match scan_trailers(buf, checked, fields) {
+                                // The empty line ends the body; trailer fields are dropped.
+                                Ok(Trailers::End(len)) => {
+                                    if let Err(error) = check_trailers(&buf[..len]) {
+                                        return Poll::Ready(Some(Err(error)));
+                                    }
+                                    self.conn.buf.advance(len);
+                                    self.framing = Framing::Length(0);
+                                    return Poll::Ready(None);
+                                }
+                                Ok(Trailers::More { checked, fields }) => {
+                                    if checked >= TRAILERS_LIMIT {
+                                        return Poll::Ready(Some(Err(H1Error::Invalid(
+                                            "trailer section too large".into(),
+                                        ))));
+                                    }
+                                    self.framing =
+                                        Framing::Chunked(Chunk::Trailers { checked, fields });
+                                    None
+                                }
+                                Err(error) => return Poll::Ready(Some(Err(error))),
                             }
-                            Some(line) => Some((line + 2, Chunk::Trailers)),
-                            None => None,
-                        },
+                        }
                         Chunk::Data(_) => None,
                     };
                     match step {
@@ -555,11 +679,6 @@ impl Reading {
                             self.framing = Framing::Chunked(next);
                         }
                         None => {
-                            if self.conn.buf.len() > MAX_LINE {
-                                return Poll::Ready(Some(Err(H1Error::Invalid(
-                                    "chunk size or trailer line too long".into(),
-                                ))));
-                            }
                             if !ready!(self.poll_fill(cx, FIRST_READ as u64))? {
                                 return Poll::Ready(Some(Err(H1Error::Closed)));
                             }
@@ -568,6 +687,132 @@ impl Reading {
                 }
             }
         }
+    }
+}
+
+/// A chunk-size line read so far.
+struct ChunkLine {
+    /// The bytes it takes, CRLF included, and the chunk's size: `None` while incomplete.
+    complete: Option<(usize, u64)>,
+    /// Extension bytes in it (so far).
+    extensions: u64,
+}
+
+/// Reads the chunk-size line at the start of `buf` (RFC 9112 §7.1): the size in hex, then
+/// optional whitespace and extensions (ignored), then CRLF; the grammar hyper reads. A bad
+/// byte is an error as soon as it arrives, not once the line is complete.
+fn parse_chunk_line(buf: &[u8]) -> Result<ChunkLine, H1Error> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        Size,
+        Space,
+        Extension,
+        LineFeed,
+    }
+    let invalid = |what: &str| Err(H1Error::Invalid(format!("chunk size line: {what}")));
+    let mut state = State::Size;
+    let mut size: u64 = 0;
+    let mut extensions = 0;
+    for (i, &byte) in buf.iter().enumerate() {
+        state = match (state, byte) {
+            (State::Size, _) if byte.is_ascii_hexdigit() => {
+                let digit = (byte as char).to_digit(16).map_or(0, u64::from);
+                size = match size.checked_mul(16).and_then(|s| s.checked_add(digit)) {
+                    Some(size) => size,
+                    None => return invalid("the size overflows"),
+                };
+                State::Size
+            }
+            (State::Size, _) if i == 0 => return invalid("no size"),
+            (State::Size | State::Space, b' ' | b'\t') => State::Space,
+            (State::Size | State::Space, b';') => State::Extension,
+            (State::Size | State::Space | State::Extension, b'\r') => State::LineFeed,
+            (State::Size | State::Space, _) => return invalid("a bad byte after the size"),
+            (State::Extension, b'\n') => return invalid("a line feed in an extension"),
+            (State::Extension, _) => {
+                extensions += 1;
+                State::Extension
+            }
+            (State::LineFeed, b'\n') => {
+                return Ok(ChunkLine {
+                    complete: Some((i + 1, size)),
+                    extensions,
+                });
+            }
+            (State::LineFeed, _) => return invalid("a carriage return without a line feed"),
+        };
+    }
+    Ok(ChunkLine {
+        complete: None,
+        extensions,
+    })
+}
+
+/// How far a trailer section has been read.
+enum Trailers {
+    /// It ends after this many bytes (the empty line included).
+    End(usize),
+    /// Incomplete: its first `checked` bytes hold `fields` complete lines.
+    More { checked: usize, fields: usize },
+}
+
+/// Reads on in the trailer section at the start of `buf`, from byte `checked` (a line
+/// start, or inside a line), which follows `fields` complete lines. Lines end with CRLF;
+/// a CR or LF anywhere else is refused (a bare LF, which some parsers take for a line end
+/// and others for a byte of the field, most of all).
+fn scan_trailers(buf: &[u8], mut checked: usize, mut fields: usize) -> Result<Trailers, H1Error> {
+    while let Some(&byte) = buf.get(checked) {
+        match byte {
+            b'\r' => match buf.get(checked + 1) {
+                None => break,
+                Some(b'\n') if checked == 0 || buf[..checked].ends_with(b"\r\n") => {
+                    return Ok(Trailers::End(checked + 2));
+                }
+                Some(b'\n') => {
+                    if fields == MAX_HEADERS {
+                        return Err(H1Error::Invalid("too many trailer fields".into()));
+                    }
+                    fields += 1;
+                    checked += 2;
+                }
+                Some(_) => {
+                    return Err(H1Error::Invalid(
+                        "a carriage return without a line feed in the trailers".into(),
+                    ));
+                }
+            },
+            b'\n' => {
+                return Err(H1Error::Invalid(
+                    "a line feed without a carriage return in the trailers".into(),
+                ));
+            }
+            _ => checked += 1,
+        }
+    }
+    Ok(Trailers::More { checked, fields })
+}
+
+/// A complete trailer section must hold well-formed fields (they are dropped: nothing
+/// the proxy passes on depends on them, but a peer that sends bad ones is not trusted
+/// with the rest).
+fn check_trailers(section: &[u8]) -> Result<(), H1Error> {
+    if section.len() >= TRAILERS_LIMIT {
+        return Err(H1Error::Invalid("trailer section too large".into()));
+    }
+    if section == b"\r\n" {
+        return Ok(());
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let invalid = || H1Error::Invalid("malformed trailer field".into());
+    match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((_, fields))) => {
+            for field in fields.iter() {
+                HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| invalid())?;
+                HeaderValue::from_bytes(field.value).map_err(|_| invalid())?;
+            }
+            Ok(())
+        }
+        _ => Err(invalid()),
     }
 }
 
@@ -725,5 +970,190 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "GET /v1.41/containers/create?name=x HTTP/1.1\r\nhost: docker\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn framing_refuses_what_other_parsers_read_differently() {
+        // A sign, an HTTP/1.0 transfer coding, a length no one can count to.
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n").is_err());
+        assert!(head(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n").is_err());
+        // A 204 has no body, whatever its headers say.
+        let (_, f, _) = head(b"HTTP/1.0 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(f, Framing::Length(0));
+        // `close` wins over `keep-alive`, in any order.
+        for connection in ["close, keep-alive", "keep-alive\r\nConnection: close"] {
+            let text =
+                format!("HTTP/1.0 200 OK\r\nConnection: {connection}\r\nContent-Length: 0\r\n\r\n");
+            let (_, _, k) = head(text.as_bytes()).unwrap().unwrap();
+            assert!(!k, "{connection:?}");
+        }
+        let (_, _, k) =
+            head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert!(k);
+    }
+
+    #[test]
+    fn chunk_size_lines() {
+        let complete = |line: &[u8]| parse_chunk_line(line).ok().and_then(|l| l.complete);
+        assert_eq!(complete(b"1a\r\n"), Some((4, 26)));
+        assert_eq!(complete(b"0;name=value\r\n"), Some((14, 0)));
+        assert_eq!(complete(b"5 \t;x\r\nhello"), Some((7, 5)));
+        assert_eq!(complete(b"0000000000000000000002\r\n"), Some((24, 2)));
+        assert_eq!(parse_chunk_line(b"5;ab").unwrap().extensions, 2);
+        assert!(parse_chunk_line(b"5;ab").unwrap().complete.is_none());
+        for bad in [
+            &b"\r\n"[..],
+            b";x\r\n",
+            b"x\r\n",
+            b"5 5\r\n",
+            b"5\n",
+            b"5;a\nb\r\n",
+            b"5\rx",
+            b"10000000000000000\r\n",
+        ] {
+            assert!(parse_chunk_line(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn trailer_sections() {
+        let end = |section: &[u8]| match scan_trailers(section, 0, 0) {
+            Ok(Trailers::End(len)) => Some(len),
+            _ => None,
+        };
+        assert_eq!(end(b"\r\n"), Some(2));
+        assert_eq!(end(b"X-Sum: 1\r\nX-More: 2\r\n\r\nnext"), Some(23));
+        assert!(matches!(
+            scan_trailers(b"X-Sum: 1\r\nX-Mo", 0, 0),
+            Ok(Trailers::More {
+                checked: 14,
+                fields: 1
+            })
+        ));
+        assert!(matches!(
+            scan_trailers(b"X-Sum: 1\r", 0, 0),
+            Ok(Trailers::More { checked: 8, .. })
+        ));
+        assert!(scan_trailers(b"X-Sum: 1\n\r\n", 0, 0).is_err());
+        assert!(scan_trailers(b"X-Sum: 1\rX", 0, 0).is_err());
+        assert!(scan_trailers(b"\rX", 0, 0).is_err());
+        assert!(check_trailers(b"X-Sum: 1\r\n\r\n").is_ok());
+        assert!(check_trailers(b"not a field\r\n\r\n").is_err());
+        assert!(check_trailers(b" X: folded\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn request_heads_never_carry_a_second_framing() {
+        let (parts, ()) = http::Request::post("/v1.41/build")
+            .header("transfer-encoding", "chunked")
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = Vec::new();
+        encode_request(&parts, b"{}", &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /v1.41/build HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+        );
+    }
+
+    #[test]
+    fn request_targets_without_a_path_get_one() {
+        for (target, written) in [("?all=1", "/?all=1"), ("/x?y", "/x?y"), ("*", "*")] {
+            let mut uri = http::uri::Parts::default();
+            uri.path_and_query = Some(target.parse().unwrap());
+            let (parts, ()) = http::Request::get(http::Uri::from_parts(uri).unwrap())
+                .body(())
+                .unwrap()
+                .into_parts();
+            let mut out = Vec::new();
+            encode_head(&parts, 0, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("GET {written} HTTP/1.1\r\n\r\n")
+            );
+        }
+    }
+
+    /// A connection that Docker wrote to unasked, after its answer, is not reused: the
+    /// next request goes on a new connection and gets its own answer.
+    #[tokio::test]
+    async fn stray_bytes_on_an_idle_connection_are_not_read_as_the_next_answer() {
+        use http_body_util::BodyExt;
+        use tokio::io::AsyncReadExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (stray_sent, stray) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = first.read(&mut request).await.unwrap();
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+                .await
+                .unwrap();
+            // Read in full by the client; then an answer nobody asked for.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+                .await
+                .unwrap();
+            stray_sent.send(()).unwrap();
+            let (mut second, _) = listener.accept().await.unwrap();
+            let _ = second.read(&mut request).await.unwrap();
+            second
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+                .await
+                .unwrap();
+            // Keep both open until the client is done.
+            let _ = second.read(&mut request).await;
+            drop(first);
+        });
+        let idle = Arc::new(Idle::new(1));
+        let connector = Connector::new(crate::connect::Target::Unix(Arc::new(path)));
+        let (head, ()) = http::Request::get("/v1.47/version")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut bodies = Vec::new();
+        let response = send(&idle, &connector, &head, Bytes::new()).await.unwrap();
+        bodies.push(response.into_body().collect().await.unwrap().to_bytes());
+        stray.await.unwrap();
+        // Let the stray answer arrive.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let response = send(&idle, &connector, &head, Bytes::new()).await.unwrap();
+        bodies.push(response.into_body().collect().await.unwrap().to_bytes());
+        assert_eq!(bodies, [&b"first"[..], &b"second"[..]]);
+        drop(idle);
+        server.await.unwrap();
+    }
+
+    /// An idle connection is reused when nothing has arrived on it, and dropped when the
+    /// peer has closed it.
+    #[tokio::test]
+    async fn idle_connections_are_checked_before_reuse() {
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let mut conn = Conn::new(Stream::Unix(ours));
+        assert!(still_idle(&mut conn).await);
+        // What arrives is seen once the runtime has polled for events, as it always has
+        // between two requests.
+        let settle = || tokio::time::sleep(std::time::Duration::from_millis(10));
+        theirs.write_all(b"x").await.unwrap();
+        settle().await;
+        assert!(!still_idle(&mut conn).await);
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let mut conn = Conn::new(Stream::Unix(ours));
+        assert!(still_idle(&mut conn).await);
+        drop(theirs);
+        settle().await;
+        assert!(!still_idle(&mut conn).await);
     }
 }

@@ -34,6 +34,9 @@ pub mod chains;
 mod connect;
 pub mod error;
 pub mod events;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod headers;
 pub mod http_adapter;
