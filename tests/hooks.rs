@@ -681,7 +681,7 @@ async fn without_endpoints_every_path_passes_exactly_as_sent() {
 }
 
 #[tokio::test]
-async fn an_adapter_that_changes_the_path_or_method_is_refused_by_name() {
+async fn an_adapter_that_changes_the_path_or_method_or_adds_a_fragment_is_refused_by_name() {
     let mover = FakeAdapter::rewrite_pre(|request| ClientRequest {
         request: "/v1.41/containers/other/start".into(),
         ..request.clone()
@@ -692,9 +692,16 @@ async fn an_adapter_that_changes_the_path_or_method_is_refused_by_name() {
         ..request.clone()
     })
     .await;
+    // Text after `#` would be dropped on the way to Docker, while later hooks saw it.
+    let fragment = FakeAdapter::rewrite_pre(|request| ClientRequest {
+        request: format!("{}?name=a#b c", request.path()),
+        ..request.clone()
+    })
+    .await;
     for (name, adapter, what) in [
         ("mover", &mover, "changed the path"),
         ("deleter", &method_changer, "changed the method"),
+        ("fragment", &fragment, "with a fragment ('#')"),
     ] {
         let docker = echo_docker().await;
         let proxy = proxy(

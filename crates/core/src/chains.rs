@@ -585,13 +585,21 @@ fn check_rewrite(
             after.path()
         )));
     }
-    if after.request.parse::<http::uri::PathAndQuery>().is_err() {
+    if after.request.contains('#') {
         return Err(HookError::failed(format!(
-            "answered an invalid Request {:?}",
+            "answered a Request with a fragment ('#'), which never reaches Docker: {:?}",
             after.request
         )));
     }
-    Ok(())
+    // What is sent is what the adapter wrote, byte for byte, or nothing: a target the URI
+    // parser would read differently is refused, not quietly changed.
+    match after.request.parse::<http::uri::PathAndQuery>() {
+        Ok(parsed) if parsed.as_str() == after.request => Ok(()),
+        _ => Err(HookError::failed(format!(
+            "answered an invalid Request {:?}",
+            after.request
+        ))),
+    }
 }
 
 /// A post-hook's `Code` must be an HTTP status and its `ContentType` a header value.
