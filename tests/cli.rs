@@ -49,18 +49,21 @@ fn stderr(out: &Output) -> String {
 }
 
 #[test]
-fn the_example_configuration_is_valid() {
-    let out = powerstrip()
-        .arg("check")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters.toml"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("adapters.toml: ok"),
-        "{}",
-        stdout(&out)
-    );
+fn the_example_configurations_are_valid() {
+    // The main example, and the networking adapter's that operators copy.
+    for (file, adapters) in [("adapters.toml", 3), ("adapters/net-ovs/adapters.toml", 1)] {
+        let out = powerstrip()
+            .arg("check")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{file}: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains(&format!(", {adapters} adapter(s)")),
+            "{file}: {}",
+            stdout(&out)
+        );
+    }
 }
 
 #[test]
