@@ -68,6 +68,12 @@ enum Command {
         #[command(subcommand)]
         command: NetCommand,
     },
+    /// The datasets of the volumes adapter: list and inspect them (from the cluster store),
+    /// snapshot, remove and move them (through this host's volumes adapter).
+    Volumes {
+        #[command(subcommand)]
+        command: VolumesCommand,
+    },
     /// Check an HTTP adapter (in any language) against PowerstripProtocolVersion 1.
     ///
     /// Calls it as the proxy does — pre- and post-hooks, null bodies, unknown fields,
@@ -107,6 +113,63 @@ enum NetCommand {
         name: String,
         #[command(flatten)]
         store: StoreArgs,
+    },
+}
+
+/// Where `volumes snapshot|rm|move` find this host's volumes adapter.
+#[derive(Debug, clap::Args)]
+struct ControlArgs {
+    /// The adapter's control socket (default: the `volumes.sock` under
+    /// `<state dir>/adapters/*/`).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The state directory of the node.
+    #[arg(long, env = "POWERSTRIP_STATE_DIR", default_value = powerstrip_adapter::context::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// How long to wait for the answer (a move can take minutes).
+    #[arg(long, default_value = "5m", value_parser = humantime_duration)]
+    wait: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumesCommand {
+    /// Every dataset (profile, size, node, state) and snapshot.
+    Ls {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// One dataset: where it is, who uses it, its move in progress, its snapshots.
+    Inspect {
+        /// The dataset.
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Take a read-only snapshot of a dataset (on the node that holds it); prints its
+    /// name, `snapshot-<id>`, for `-v copy@snapshot-<id>:/path`.
+    Snapshot {
+        /// The dataset.
+        name: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Remove a dataset (refused while a container uses it), or a snapshot
+    /// (`snapshot-<id or unique prefix>`).
+    Rm {
+        /// The dataset, or snapshot-<id>.
+        name: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Move a dataset to another node (refused while a container uses it).
+    Move {
+        /// The dataset.
+        name: String,
+        /// The node (its name or id).
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        control: ControlArgs,
     },
 }
 
@@ -306,6 +369,7 @@ fn builtins() -> Builtins {
         builtins.register(builtin);
     }
     builtins.register(powerstrip_net_ovs::builtin());
+    builtins.register(powerstrip_volumes::builtin());
     builtins
 }
 
@@ -318,6 +382,23 @@ fn main() -> ExitCode {
         Command::Net { command } => match command {
             NetCommand::Ls { store } => inspect(&store, Show::Networks),
             NetCommand::Inspect { name, store } => inspect(&store, Show::Network(name)),
+        },
+        Command::Volumes { command } => match command {
+            VolumesCommand::Ls { store } => inspect(&store, Show::Volumes),
+            VolumesCommand::Inspect { name, store } => inspect(&store, Show::Volume(name)),
+            VolumesCommand::Snapshot { name, control } => volumes_call(
+                &control,
+                "snapshot",
+                &serde_json::json!({ "dataset": name }),
+            ),
+            VolumesCommand::Rm { name, control } => {
+                volumes_call(&control, "rm", &serde_json::json!({ "name": name }))
+            }
+            VolumesCommand::Move { name, to, control } => volumes_call(
+                &control,
+                "move",
+                &serde_json::json!({ "dataset": name, "to": to }),
+            ),
         },
         Command::State { command } => match command {
             StateCommand::Ls { prefix, store } => inspect(&store, Show::Keys(prefix)),
@@ -386,6 +467,45 @@ enum Show {
     Key(String),
     Networks,
     Network(String),
+    Volumes,
+    Volume(String),
+}
+
+/// `volumes snapshot|rm|move`: a call to this host's volumes adapter.
+#[tokio::main(flavor = "current_thread")]
+async fn volumes_call(args: &ControlArgs, call: &str, body: &serde_json::Value) -> ExitCode {
+    let socket = match &args.socket {
+        Some(socket) => socket.clone(),
+        None => {
+            let pattern = args.state_dir.join("adapters");
+            let found = std::fs::read_dir(&pattern).ok().and_then(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| powerstrip_volumes::control::socket(&e.path()))
+                    .find(|p| p.exists())
+            });
+            match found {
+                Some(socket) => socket,
+                None => {
+                    eprintln!(
+                        "powerstrip: no volumes adapter's socket under {}/*/ (is powerstrip serving with the volumes adapter here? --socket names it)",
+                        pattern.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    match powerstrip_volumes::control::call(&socket, call, body, args.wait).await {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("powerstrip: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Reads the store a configuration names, read-only: the embedded file (also while the
@@ -407,24 +527,47 @@ async fn inspect(args: &StoreArgs, what: Show) -> ExitCode {
         Show::Nodes => powerstrip_store::nodes::PREFIX.to_owned(),
         Show::Keys(prefix) | Show::Key(prefix) => prefix.clone(),
         Show::Networks | Show::Network(_) => "net-ovs/".to_owned(),
+        Show::Volumes | Show::Volume(_) => powerstrip_volumes::state::PREFIX.to_owned(),
     };
-    let listing = match &options {
-        StoreOptions::Embedded { path, .. } => {
-            powerstrip_store::Embedded::read_only_list(path, &prefix)
-        }
-        StoreOptions::Etcd(etcd) => match powerstrip_store::Etcd::connect(etcd).await {
-            Ok(store) => powerstrip_store::Store::list(&store, &prefix).await,
-            Err(e) => Err(e),
-        },
-    };
-    let listing = match listing {
+    let listing = match list(&options, &prefix).await {
         Ok(listing) => listing,
         Err(e) => {
             eprintln!("powerstrip: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // Node names, for what shows node ids.
+    let names = || async {
+        list(&options, powerstrip_store::nodes::PREFIX)
+            .await
+            .map(|l| {
+                l.kvs
+                    .iter()
+                    .filter_map(|kv| {
+                        serde_json::from_slice::<powerstrip_store::nodes::Node>(&kv.value).ok()
+                    })
+                    .map(|n| (n.id, n.name))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            })
+            .unwrap_or_default()
+    };
     match what {
+        Show::Volumes => print!(
+            "{}",
+            powerstrip_volumes::report::ls(&listing.kvs, &names().await)
+        ),
+        Show::Volume(name) => {
+            match powerstrip_volumes::report::inspect(&listing.kvs, &names().await, &name) {
+                Some(text) => print!("{text}"),
+                None => {
+                    eprintln!(
+                        "powerstrip: no dataset {name:?} in {}",
+                        describe_store(&options)
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         Show::Networks => print!("{}", powerstrip_net_ovs::report::ls(&listing.kvs)),
         Show::Network(name) => match powerstrip_net_ovs::report::inspect(&listing.kvs, &name) {
             Some(text) => print!("{text}"),
@@ -486,6 +629,23 @@ async fn inspect(args: &StoreArgs, what: Show) -> ExitCode {
         },
     }
     ExitCode::SUCCESS
+}
+
+/// The keys under `prefix`, read-only: the embedded file (also while the proxy has it
+/// open), or etcd.
+async fn list(
+    options: &StoreOptions,
+    prefix: &str,
+) -> Result<powerstrip_store::Listing, powerstrip_store::StoreError> {
+    match options {
+        StoreOptions::Embedded { path, .. } => {
+            powerstrip_store::Embedded::read_only_list(path, prefix)
+        }
+        StoreOptions::Etcd(etcd) => match powerstrip_store::Etcd::connect(etcd).await {
+            Ok(store) => powerstrip_store::Store::list(&store, prefix).await,
+            Err(e) => Err(e),
+        },
+    }
 }
 
 /// What `check` prints: each endpoint with its chains, then each adapter with its settings.

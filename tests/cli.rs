@@ -50,8 +50,12 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn the_example_configurations_are_valid() {
-    // The main example, and the networking adapter's that operators copy.
-    for (file, adapters) in [("adapters.toml", 3), ("adapters/net-ovs/adapters.toml", 1)] {
+    // The main example, and the adapters' that operators copy.
+    for (file, adapters) in [
+        ("adapters.toml", 3),
+        ("adapters/net-ovs/adapters.toml", 1),
+        ("adapters/volumes/adapters.toml", 1),
+    ] {
         let out = powerstrip()
             .arg("check")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))

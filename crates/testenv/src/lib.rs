@@ -10,12 +10,14 @@
 //! `CI=true`, where it fails it.
 //!
 //! ## Layout
+//! - [`btrfs`]: [`btrfs::TestPool`], a btrfs filesystem of a test's own on a loop file.
 //! - [`etcd`]: [`etcd::EtcdCluster`], and [`etcd::shared`], one member per test binary.
 //! - [`host`]: another "host": a network namespace with an underlay veth, its own Open
 //!   vSwitch and its own Docker daemon.
 //! - [`ovs`]: the host's Open vSwitch ([`ovs::require`]) and bridges of a test's own.
 #![forbid(unsafe_code)]
 
+pub mod btrfs;
 pub mod etcd;
 pub mod host;
 pub mod ovs;
