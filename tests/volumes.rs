@@ -451,3 +451,92 @@ async fn the_store_unreachable_is_a_503_and_nothing_is_created() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_killed_with_leases_and_leftovers_heals_when_it_comes_back() {
+    if !require_docker() || !btrfs::require() {
+        return;
+    }
+    let pool = TestPool::new(512 << 20);
+    let state = tempfile::tempdir().unwrap();
+    let config = format!(
+        "version = 1\n[adapters]\nvol = {{ builtin = \"volumes\", pool = \"{}\", listen = \"127.0.0.1:0\", reconcile = \"1s\", profiles = {{ gold = {{ size = \"16M\" }} }} }}\n{ENDPOINTS}",
+        pool.path().display()
+    );
+    let start = || {
+        ProxyProcess::options()
+            .config(&config)
+            .log("info,powerstrip_volumes=debug")
+            .args(["--state-dir", &state.path().display().to_string()])
+            .start()
+    };
+    let containers = Containers::new("volumes-crash");
+    let mut proxy = start();
+    let run = docker(
+        &proxy.host(),
+        &[
+            "run",
+            "-d",
+            "--label",
+            containers.label(),
+            "-v",
+            "held@gold:/data",
+            IMAGE,
+            "sleep",
+            "300",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.out().trim().to_owned();
+    // The proxy dies; meanwhile its container is removed (no event reaches it) and a
+    // create dies half-way (a dataset on disk that no record names).
+    proxy.kill_now();
+    docker(&direct(), &["rm", "-f", &id], None).await;
+    let orphan = pool.path().join("datasets/d00000000deadbeef");
+    let made = Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(&orphan)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    // Back, it heals: the lease goes, the orphan goes, the dataset stays.
+    let proxy = start();
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_powerstrip"))
+            .arg("volumes")
+            .args(args)
+            .arg("--state-dir")
+            .arg(state.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ls = cli(&["ls"]);
+        if ls
+            .lines()
+            .any(|l| l.starts_with("held ") && l.ends_with("idle"))
+            && !orphan.exists()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not healed: orphan there: {}\n{ls}\n{}",
+            orphan.exists(),
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And serves it as before.
+    let read = docker(
+        &proxy.host(),
+        &["run", "--rm", "-v", "held:/data", IMAGE, "ls", "/data"],
+        None,
+    )
+    .await;
+    assert_eq!(read.code, 0, "{read:?}");
+}

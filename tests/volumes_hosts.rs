@@ -370,6 +370,13 @@ async fn datasets_move_between_hosts_whole_incrementally_and_never_lost() {
         "{failed:?}\n{}",
         b_proxy.log()
     );
+    // While A is down: a 503 naming it, and B still has nothing of bulk.
+    let down = sh(&b_proxy, "bulk:/data", "true").await.unwrap_err();
+    assert!(
+        down.contains("from node host-a failed") && down.contains("unreachable"),
+        "{down}"
+    );
+    assert!(inspect(&a, "bulk").contains("node:     host-a"));
     let a = side_a.start();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !a.log().contains("serving moves") {

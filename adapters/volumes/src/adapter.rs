@@ -1652,18 +1652,29 @@ impl Volumes {
             .snapshots()
             .await
             .map_err(|e| e.to_string())?;
-        let running = self.running_containers().await;
+        // Docker after the store: a lease in what was read names a container that exists
+        // by now (its id was recorded after Docker made it).
+        let containers = self.containers().await;
         let now = now();
         for dataset in &datasets {
-            // Leases of this node's holders that are gone.
+            // Leases of this node's holders that are gone: containers that no longer exist
+            // at once, containers that do not run after a grace (they may be starting),
+            // reservations whose create never finished after a longer one.
             let stale: Vec<String> = dataset
                 .leases
                 .iter()
                 .filter(|(holder, lease)| {
-                    lease.node == me
-                        && !holder.starts_with("mount:")
-                        && running.as_ref().is_some_and(|r| !r.contains(*holder))
-                        && now.saturating_sub(lease.since) > grace_for(holder)
+                    let Some((existing, running)) = &containers else {
+                        return false;
+                    };
+                    if lease.node != me || holder.starts_with("mount:") {
+                        return false;
+                    }
+                    let age = now.saturating_sub(lease.since);
+                    if holder.starts_with(RESERVATION) {
+                        return age > LEASE_GRACE.as_secs();
+                    }
+                    !existing.contains(*holder) || (!running.contains(*holder) && age > 60)
                 })
                 .map(|(holder, _)| holder.clone())
                 .collect();
@@ -1735,15 +1746,15 @@ impl Volumes {
         Ok(())
     }
 
-    /// This node's running containers (ids); `None` when Docker does not answer.
-    async fn running_containers(&self) -> Option<HashSet<String>> {
+    /// This node's containers (ids): those that exist, and those that run; `None` when
+    /// Docker does not answer.
+    async fn containers(&self) -> Option<(HashSet<String>, HashSet<String>)> {
         let docker = self.inner.ctx.docker().ok()?;
         let mut filters = HashMap::new();
         filters.insert(
             "label".to_owned(),
             vec![format!("{NODE_LABEL}={}", self.me())],
         );
-        filters.insert("status".to_owned(), vec!["running".to_owned()]);
         let containers = docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
@@ -1752,16 +1763,16 @@ impl Volumes {
             }))
             .await
             .ok()?;
-        Some(containers.into_iter().filter_map(|c| c.id).collect())
-    }
-}
-
-fn grace_for(holder: &str) -> u64 {
-    if holder.starts_with(RESERVATION) {
-        LEASE_GRACE.as_secs()
-    } else {
-        // A container whose lease was taken at start is running within seconds.
-        60
+        let mut existing = HashSet::new();
+        let mut running = HashSet::new();
+        for container in containers {
+            let Some(id) = container.id else { continue };
+            if container.state.is_some_and(|s| s.to_string() == "running") {
+                running.insert(id.clone());
+            }
+            existing.insert(id);
+        }
+        Some((existing, running))
     }
 }
 
