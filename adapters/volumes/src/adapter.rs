@@ -814,6 +814,7 @@ impl Volumes {
             snapshot: snapshot.to_owned(),
             parent,
             ticket: ticket.to_owned(),
+            compression: self.inner.options.compression,
         };
         let progress = Arc::new(AtomicU64::new(0));
         let reporter = {
@@ -953,6 +954,7 @@ impl Volumes {
             snapshot: snapshot.id.clone(),
             parent: None,
             ticket: ticket.clone(),
+            compression: self.inner.options.compression,
         };
         let progress = Arc::new(AtomicU64::new(0));
         let what = format!("snapshot {}", snapshot.id);

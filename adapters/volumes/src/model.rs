@@ -61,7 +61,8 @@ pub struct MoveStats {
     pub wire: u64,
     /// Whether it was sent as an increment on a snapshot both held.
     pub incremental: bool,
-    /// How long it took, in milliseconds.
+    /// How long it took, in milliseconds, from the request to the switch of the primary
+    /// (the stream, received durably, then the dataset made from it).
     pub millis: u64,
     /// When it finished (seconds since the epoch).
     pub at: u64,

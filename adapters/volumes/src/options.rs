@@ -10,6 +10,7 @@ use powerstrip_adapter::builtin::{Options as Raw, duration, parse_options};
 use serde::Deserialize;
 
 use crate::names::check_profile;
+pub use crate::transfer::Compression;
 
 /// Which backend keeps the datasets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -75,6 +76,8 @@ struct Written {
     reconcile: Duration,
     #[serde(default)]
     plugin: Option<String>,
+    #[serde(default)]
+    compression: Compression,
 }
 
 fn default_backend() -> BackendChoice {
@@ -122,6 +125,8 @@ pub struct Options {
     /// The volume plugin's driver name (`docker volume create -d NAME`), when it is
     /// served.
     pub plugin: Option<String>,
+    /// How this node asks for the streams it pulls to be compressed.
+    pub compression: Compression,
 }
 
 impl Options {
@@ -219,6 +224,7 @@ impl Options {
             move_timeout: written.move_timeout,
             reconcile: written.reconcile,
             plugin: written.plugin,
+            compression: written.compression,
         })
     }
 

@@ -103,7 +103,7 @@ pub fn inspect(kvs: &[KeyValue], names: &BTreeMap<String, String>, name: &str) -
     if let Some(m) = &d.last_move {
         let _ = writeln!(
             out,
-            "moved:    {} → {}, {} sent{} as {} in {:.1}s",
+            "moved:    {} → {}, {} sent{} as {} in {:.2}s",
             node(names, &m.from),
             node(names, &m.to),
             format_size(m.bytes),

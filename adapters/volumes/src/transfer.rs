@@ -17,12 +17,12 @@
 //! HTTP/1.1 200 OK                            (source -> target)
 //! Content-Type: application/zstd
 //! Transfer-Encoding: chunked
-//! Trailer: powerstrip-sha256, powerstrip-bytes
+//! Trailer: powerstrip-xxh3, powerstrip-bytes
 //! powerstrip-parent: m-7c03                  (only when the stream is an increment)
 //!
 //! <one zstd frame of the backend's send stream, in chunks>
 //! 0
-//! powerstrip-sha256: <hex sha256 of the uncompressed stream>
+//! powerstrip-xxh3: <hex XXH3-128 of the uncompressed stream>
 //! powerstrip-bytes: <length of the uncompressed stream>
 //! ```
 //!
@@ -38,10 +38,18 @@
 //!   increment against `parent` only when its backend sends increments and holds that
 //!   snapshot, and says so in the `powerstrip-parent` header; otherwise it sends the whole
 //!   snapshot and the header is absent. A target refuses an increment it did not ask for.
-//! - **Compression.** The stream is one zstd frame at level 1 ([`ZSTD_LEVEL`]): one core
-//!   compresses about as fast as `btrfs send` produces, and mixed data shrinks to under
-//!   half, which is what matters on a 1 Gb/s link. Higher levels are several times slower
-//!   for little gain; the negative ("fast") levels are hardly faster and compress less.
+//! - **Compression.** The target says how it wants the stream ([`Compression`], the
+//!   adapter's `compression` option): by default one zstd frame at level 1
+//!   ([`ZSTD_LEVEL`]) — one core compresses about as fast as `btrfs send` produces, and
+//!   mixed data shrinks to under half, which is what matters on a 1 Gb/s link; higher
+//!   levels are several times slower for little gain, the negative ("fast") levels hardly
+//!   faster. On links as fast as the CPUs (10 Gb/s and up, or two pools on one host)
+//!   compressing only costs CPU: `none` sends the stream as it is
+//!   (`application/octet-stream`). The response's content type says which it is.
+//! - **The checksum.** XXH3-128 of the uncompressed stream: it guards against a stream
+//!   damaged or cut on its way (as btrfs's own crc32c guards blocks on disk), at a cost
+//!   that does not show next to `btrfs send` (sha256 cost a tenth of a move's throughput
+//!   on two cores). Who may pull what is the ticket's business, not the checksum's.
 //! - **The trailers.** The checksum and length of the *uncompressed* stream come after
 //!   the last chunk, so the source can stream without knowing them beforehand. hyper only
 //!   sends trailers to a request that says `TE: trailers`; a request without it is refused
@@ -54,8 +62,8 @@
 //! backend's process, hashing, compression and the network overlap:
 //!
 //! ```text
-//! source: btrfs send -> read + sha256 -> zstd -> HTTP chunks
-//! target: HTTP chunks -> zstd -d + sha256 + check -> Backend::receive -> btrfs receive
+//! source: btrfs send -> read + xxh3 -> zstd -> HTTP chunks
+//! target: HTTP chunks -> zstd -d + xxh3 + check -> Backend::receive -> btrfs receive
 //! ```
 //!
 //! # When something fails
@@ -105,13 +113,13 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span, debug, field, info, info_span, warn};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::backend::{Backend, BackendError, SendStream};
 
@@ -119,16 +127,16 @@ use crate::backend::{Backend, BackendError, SendStream};
 pub const SEND_PATH: &str = "/v1/send";
 /// Response header naming the parent of an incremental stream (absent for a full one).
 pub const PARENT_HEADER: &str = "powerstrip-parent";
-/// Trailer with the hex sha256 of the uncompressed stream.
-pub const SHA256_TRAILER: &str = "powerstrip-sha256";
+/// Trailer with the XXH3-128 of the uncompressed stream, in hexadecimal.
+pub const CHECKSUM_TRAILER: &str = "powerstrip-xxh3";
 /// Trailer with the length in bytes of the uncompressed stream.
 pub const BYTES_TRAILER: &str = "powerstrip-bytes";
 /// The zstd level the source compresses with. Measured on one core of a 2-core VM with
 /// 1 GiB of mixed data (a quarter each random, text, zeros and low-entropy bytes),
-/// compress and sha256: level 1 640-700 MB/s (ratio 0.44), level 3 240 MB/s (0.44),
-/// levels -1 to -10 470-790 MB/s (0.57); decompress and sha256 at level 1: 1.3-1.4 GB/s.
+/// compress and hash: level 1 640-700 MB/s (ratio 0.44), level 3 240 MB/s (0.44),
+/// levels -1 to -10 470-790 MB/s (0.57); decompress and hash at level 1: 1.3-1.4 GB/s.
 /// On the same VM, `btrfs send | btrfs receive` of that data ran at 500-540 MB/s, the
-/// source side of a transfer (`btrfs send`, sha256, zstd) at 480 MB/s.
+/// source side of a transfer (`btrfs send`, hash, zstd) at 480 MB/s.
 pub const ZSTD_LEVEL: i32 = 1;
 /// How long [`fetch`] waits for the TCP connection (name lookup included).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -163,6 +171,32 @@ pub struct SendRequest {
     pub parent: Option<String>,
     /// Proof that the cluster agreed to this move, checked by [`Authorize`].
     pub ticket: String,
+    /// How the target wants the stream compressed (zstd when not said).
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+/// How a stream crosses the network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// One zstd frame at [`ZSTD_LEVEL`]: for links slower than the CPUs (1 Gb/s and
+    /// below it halves the time of mixed data).
+    #[default]
+    Zstd,
+    /// As it is: for links as fast as the CPUs (10 Gb/s and up, or two pools on one host),
+    /// where compressing only costs CPU.
+    None,
+}
+
+impl Compression {
+    /// The response's content type for this compression.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Compression::Zstd => "application/zstd",
+            Compression::None => "application/octet-stream",
+        }
+    }
 }
 
 impl fmt::Debug for SendRequest {
@@ -173,6 +207,7 @@ impl fmt::Debug for SendRequest {
             .field("id", &self.id)
             .field("snapshot", &self.snapshot)
             .field("parent", &self.parent)
+            .field("compression", &self.compression)
             .field("ticket", &"<redacted>")
             .finish()
     }
@@ -407,7 +442,7 @@ impl ServeError {
                 format!("{method} is not allowed on {SEND_PATH}: use POST")
             }
             ServeError::NoTrailers => format!(
-                "the request must accept trailers (TE: trailers): they carry the stream's checksum ({SHA256_TRAILER})"
+                "the request must accept trailers (TE: trailers): they carry the stream's checksum ({CHECKSUM_TRAILER})"
             ),
             ServeError::BadRequest(why) => format!("bad send request: {why}"),
             ServeError::TooLarge => {
@@ -517,13 +552,17 @@ async fn answer(
         .map_err(backend_error("start sending"))?;
 
     info!(parent = parent.as_deref().unwrap_or("none"), "sending");
-    let mut response =
-        Response::new(SendBody::new(stream, parent.clone(), span.clone()).boxed_unsync());
+    let mut response = Response::new(
+        SendBody::new(stream, parent.clone(), request.compression, span.clone()).boxed_unsync(),
+    );
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/zstd"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(request.compression.content_type()),
+    );
     headers.insert(
         TRAILER,
-        HeaderValue::from_static("powerstrip-sha256, powerstrip-bytes"),
+        HeaderValue::from_static("powerstrip-xxh3, powerstrip-bytes"),
     );
     if let Some(parent) = parent
         .as_deref()
@@ -604,8 +643,8 @@ enum Piece {
 /// What a complete stream was.
 #[derive(Clone, Debug)]
 struct Summary {
-    /// Hex sha256 of the uncompressed stream.
-    sha256: String,
+    /// Hex XXH3-128 of the uncompressed stream.
+    checksum: String,
     /// Its length.
     bytes: u64,
 }
@@ -682,7 +721,7 @@ async fn produce(stream: SendStream, pieces: mpsc::Sender<Piece>, raw: Arc<Atomi
         mut reader,
         mut done,
     } = stream;
-    let mut sha256 = Sha256::new();
+    let mut hasher = Xxh3::new();
     let mut bytes = 0u64;
     let mut exited = false;
     // Pieces are split off one buffer (a pipe yields 64 KiB at a time), which is reused
@@ -712,13 +751,13 @@ async fn produce(stream: SendStream, pieces: mpsc::Sender<Piece>, raw: Arc<Atomi
                     break Err(e.to_string());
                 }
                 break Ok(Summary {
-                    sha256: hex::encode(sha256.finalize()),
+                    checksum: format!("{:032x}", hasher.digest128()),
                     bytes,
                 });
             }
             Ok(n) => {
                 let piece = buffer.split().freeze();
-                sha256.update(&piece);
+                hasher.update(&piece);
                 bytes += n as u64;
                 raw.store(bytes, Ordering::Relaxed);
                 if pieces.send(Piece::Data(piece)).await.is_err() {
@@ -735,7 +774,7 @@ async fn produce(stream: SendStream, pieces: mpsc::Sender<Piece>, raw: Arc<Atomi
 /// an error, which makes hyper abort the connection, when the producer fails.
 struct SendBody {
     /// The producer's stream (from [`produce`]), compressed.
-    encoder: ZstdEncoder<PieceReader>,
+    encoder: Encoder,
     /// The [`produce`] task; aborted with the body, which kills the producer.
     _producer: AbortOnDrop<()>,
     /// Compressed bytes waiting to go out.
@@ -755,15 +794,23 @@ struct SendBody {
 }
 
 impl SendBody {
-    fn new(stream: SendStream, parent: Option<String>, span: Span) -> Self {
+    fn new(
+        stream: SendStream,
+        parent: Option<String>,
+        compression: Compression,
+        span: Span,
+    ) -> Self {
         let (sender, pieces) = mpsc::channel(DEPTH);
         let raw = Arc::new(AtomicU64::new(0));
         let producer = tokio::spawn(produce(stream, sender, raw.clone()).instrument(span.clone()));
         Self {
-            encoder: ZstdEncoder::with_quality(
-                PieceReader::new(pieces),
-                Level::Precise(ZSTD_LEVEL),
-            ),
+            encoder: match compression {
+                Compression::Zstd => Encoder::Zstd(ZstdEncoder::with_quality(
+                    PieceReader::new(pieces),
+                    Level::Precise(ZSTD_LEVEL),
+                )),
+                Compression::None => Encoder::Plain(PieceReader::new(pieces)),
+            },
             _producer: AbortOnDrop(producer),
             buffer: BytesMut::new(),
             ended: false,
@@ -803,8 +850,8 @@ impl SendBody {
             "sent"
         );
         let mut trailers = HeaderMap::new();
-        if let Ok(value) = HeaderValue::from_str(&summary.sha256) {
-            trailers.insert(SHA256_TRAILER, value);
+        if let Ok(value) = HeaderValue::from_str(&summary.checksum) {
+            trailers.insert(CHECKSUM_TRAILER, value);
         }
         trailers.insert(BYTES_TRAILER, HeaderValue::from(summary.bytes));
         trailers
@@ -832,7 +879,7 @@ impl Body for SendBody {
             &mut this.buffer
         )) {
             Err(e) => Poll::Ready(Some(Err(this.fail(e.to_string())))),
-            Ok(0) => match this.encoder.get_ref().summary().cloned() {
+            Ok(0) => match this.encoder.reader().summary().cloned() {
                 Some(summary) => Poll::Ready(Some(Ok(Frame::trailers(this.finish(&summary))))),
                 // Unreachable: the reader ends cleanly only with a summary.
                 None => Poll::Ready(Some(Err(
@@ -843,6 +890,69 @@ impl Body for SendBody {
                 this.wire += n as u64;
                 Poll::Ready(Some(Ok(Frame::data(this.buffer.split().freeze()))))
             }
+        }
+    }
+}
+
+/// The source's last stage before HTTP: the pieces, compressed or as they are.
+enum Encoder {
+    Zstd(ZstdEncoder<PieceReader>),
+    Plain(PieceReader),
+}
+
+impl Encoder {
+    fn reader(&self) -> &PieceReader {
+        match self {
+            Encoder::Zstd(encoder) => encoder.get_ref(),
+            Encoder::Plain(reader) => reader,
+        }
+    }
+}
+
+impl AsyncRead for Encoder {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Encoder::Zstd(encoder) => Pin::new(encoder).poll_read(cx, buf),
+            Encoder::Plain(reader) => Pin::new(reader).poll_read(cx, buf),
+        }
+    }
+}
+
+/// The target's first stage after HTTP: the body, decompressed or as it is.
+enum Decoder {
+    Zstd(ZstdDecoder<BodyReader>),
+    Plain(BodyReader),
+}
+
+impl Decoder {
+    fn body(&self) -> &BodyReader {
+        match self {
+            Decoder::Zstd(decoder) => decoder.get_ref(),
+            Decoder::Plain(body) => body,
+        }
+    }
+
+    fn body_mut(&mut self) -> &mut BodyReader {
+        match self {
+            Decoder::Zstd(decoder) => decoder.get_mut(),
+            Decoder::Plain(body) => body,
+        }
+    }
+}
+
+impl AsyncRead for Decoder {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Decoder::Zstd(decoder) => Pin::new(decoder).poll_read(cx, buf),
+            Decoder::Plain(body) => Pin::new(body).poll_read(cx, buf),
         }
     }
 }
@@ -912,6 +1022,20 @@ pub async fn fetch(
     if head.status != StatusCode::OK {
         return Err(refused(head.status, body).await);
     }
+    let compression = match head
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    {
+        Some("application/zstd") => Compression::Zstd,
+        Some("application/octet-stream") => Compression::None,
+        other => {
+            return Err(target.broken(format!(
+                "answered a stream of an unknown type {:?}",
+                other.unwrap_or("(none)")
+            )));
+        }
+    };
     let parent = head
         .headers
         .get(PARENT_HEADER)
@@ -943,6 +1067,7 @@ pub async fn fetch(
     let (progress_sender, mut progressed) = watch::channel(0u64);
     let mut decoding = AbortOnDrop(tokio::spawn(decode(
         body,
+        compression,
         pieces_sender,
         failure.clone(),
         progress_sender,
@@ -1035,12 +1160,16 @@ struct Decoded {
 /// with an error (so the backend discards what it got), its reason set in `failure` first.
 async fn decode(
     body: Incoming,
+    compression: Compression,
     pieces: mpsc::Sender<Piece>,
     failure: Arc<OnceLock<String>>,
     progress: watch::Sender<u64>,
 ) -> Decoded {
-    let mut decoder = ZstdDecoder::new(BodyReader::new(body));
-    let mut sha256 = Sha256::new();
+    let mut decoder = match compression {
+        Compression::Zstd => Decoder::Zstd(ZstdDecoder::new(BodyReader::new(body))),
+        Compression::None => Decoder::Plain(BodyReader::new(body)),
+    };
+    let mut hasher = Xxh3::new();
     let mut raw = 0u64;
     let mut forwarding = true;
     let mut buffer = BytesMut::new();
@@ -1049,11 +1178,11 @@ async fn decode(
             buffer.reserve(PIECE);
         }
         match decoder.read_buf(&mut buffer).await {
-            Err(e) => break Err(broken_by(decoder.get_ref(), raw, &e)),
-            Ok(0) => break end_of(&mut decoder, sha256, raw).await,
+            Err(e) => break Err(broken_by(decoder.body(), raw, &e)),
+            Ok(0) => break end_of(&mut decoder, hasher, raw).await,
             Ok(n) => {
                 let piece = buffer.split().freeze();
-                sha256.update(&piece);
+                hasher.update(&piece);
                 let before = raw;
                 raw += n as u64;
                 if before / PROGRESS_EVERY != raw / PROGRESS_EVERY {
@@ -1067,7 +1196,7 @@ async fn decode(
             }
         }
     };
-    let wire = decoder.get_ref().wire;
+    let wire = decoder.body().wire;
     let end = match &result {
         Ok(summary) => Ok(summary.clone()),
         Err(reason) => {
@@ -1086,12 +1215,8 @@ async fn decode(
 }
 
 /// At the end of the zstd frame: nothing but the trailers may follow, and they must match.
-async fn end_of(
-    decoder: &mut ZstdDecoder<BodyReader>,
-    sha256: Sha256,
-    raw: u64,
-) -> Result<Summary, String> {
-    match decoder.get_mut().fill_buf().await {
+async fn end_of(decoder: &mut Decoder, hasher: Xxh3, raw: u64) -> Result<Summary, String> {
+    match decoder.body_mut().fill_buf().await {
         Ok([]) => {}
         Ok(_) => {
             return Err(format!(
@@ -1099,28 +1224,28 @@ async fn end_of(
                 size(raw)
             ));
         }
-        Err(e) => return Err(broken_by(decoder.get_ref(), raw, &e)),
+        Err(e) => return Err(broken_by(decoder.body(), raw, &e)),
     }
-    verify(decoder.get_ref().trailers.as_ref(), sha256, raw)
+    verify(decoder.body().trailers.as_ref(), hasher, raw)
 }
 
 /// Compares a stream with its trailers.
-fn verify(trailers: Option<&HeaderMap>, sha256: Sha256, raw: u64) -> Result<Summary, String> {
+fn verify(trailers: Option<&HeaderMap>, hasher: Xxh3, raw: u64) -> Result<Summary, String> {
     let received = size(raw);
     let Some(trailers) = trailers else {
         return Err(format!(
             "ended its stream after {received} without the checksum that marks it complete"
         ));
     };
-    let announced_sha256 = trailers
-        .get(SHA256_TRAILER)
+    let announced_checksum = trailers
+        .get(CHECKSUM_TRAILER)
         .and_then(|v| v.to_str().ok())
         .map(str::trim);
     let announced_bytes = trailers
         .get(BYTES_TRAILER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let (Some(announced_sha256), Some(announced_bytes)) = (announced_sha256, announced_bytes)
+    let (Some(announced_checksum), Some(announced_bytes)) = (announced_checksum, announced_bytes)
     else {
         return Err(format!(
             "ended its stream after {received} without a valid checksum"
@@ -1131,14 +1256,14 @@ fn verify(trailers: Option<&HeaderMap>, sha256: Sha256, raw: u64) -> Result<Summ
             "sent {raw} bytes ({received}) but announced {announced_bytes}: the stream is incomplete"
         ));
     }
-    let computed = hex::encode(sha256.finalize());
-    if !announced_sha256.eq_ignore_ascii_case(&computed) {
+    let computed = format!("{:032x}", hasher.digest128());
+    if !announced_checksum.eq_ignore_ascii_case(&computed) {
         return Err(format!(
-            "sent a stream ({received}) that does not match its checksum (sha256 {computed}, announced {announced_sha256})"
+            "sent a stream ({received}) that does not match its checksum (XXH3-128 {computed}, announced {announced_checksum})"
         ));
     }
     Ok(Summary {
-        sha256: computed,
+        checksum: computed,
         bytes: raw,
     })
 }

@@ -22,15 +22,15 @@ use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use powerstrip_volumes::backend::{Backend, BackendError, SendStream, Usage};
 use powerstrip_volumes::transfer::{
-    self, Authorize, BYTES_TRAILER, Fetched, PARENT_HEADER, Refusal, SHA256_TRAILER, SendRequest,
-    TransferError,
+    self, Authorize, BYTES_TRAILER, CHECKSUM_TRAILER, Compression, Fetched, PARENT_HEADER, Refusal,
+    SendRequest, TransferError,
 };
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt as _, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use xxhash_rust::xxh3::xxh3_128;
 
 // ---------------------------------------------------------------------------------------
 // A fake backend: snapshots are byte blobs in memory.
@@ -568,6 +568,7 @@ fn request(snapshot: &str, parent: Option<&str>) -> SendRequest {
         snapshot: snapshot.to_owned(),
         parent: parent.map(str::to_owned),
         ticket: TICKET.to_owned(),
+        compression: Compression::Zstd,
     }
 }
 
@@ -666,6 +667,26 @@ async fn a_full_fetch_delivers_identical_data_and_reports_progress() {
     assert_eq!(refetched.raw_bytes, stream_length);
     assert_eq!(again.snapshot_data("m-1").as_deref(), Some(&data[..]));
     assert_eq!(source.backend.snapshot_ids(), vec!["m-1".to_owned()]);
+    source.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_fetch_asked_uncompressed_is_sent_as_it_is_and_checked_the_same() {
+    let data = mixed(4 << 20, 3);
+    let source = source(
+        Fake::new(true).with_dataset("d-demo", data.clone()),
+        TicketCheck,
+    )
+    .await;
+    let target = Fake::new(true);
+    let mut plain = request("m-1", None);
+    plain.compression = Compression::None;
+    let fetched = fetch(&source.endpoint, &plain, &target)
+        .await
+        .expect("fetch");
+    assert_eq!(target.snapshot_data("m-1").as_deref(), Some(&data[..]));
+    // As it is: what crossed the wire is the stream itself, chunk framing aside.
+    assert_eq!(fetched.wire_bytes, fetched.raw_bytes);
     source.shutdown().await;
 }
 
@@ -1029,8 +1050,11 @@ async fn lying_source(parts: Vec<Part>) -> (String, JoinHandle<()>) {
                             Response::new(StreamBody::new(futures_util::stream::iter(frames)));
                         response.headers_mut().insert(
                             "trailer",
-                            HeaderValue::from_static("powerstrip-sha256, powerstrip-bytes"),
+                            HeaderValue::from_static("powerstrip-xxh3, powerstrip-bytes"),
                         );
+                        response
+                            .headers_mut()
+                            .insert("content-type", HeaderValue::from_static("application/zstd"));
                         Ok::<_, Infallible>(response)
                     }
                 });
@@ -1052,9 +1076,9 @@ async fn zstd(data: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-fn trailers(sha256: &str, bytes: u64) -> Part {
+fn trailers(checksum: &str, bytes: u64) -> Part {
     let mut map = HeaderMap::new();
-    map.insert(SHA256_TRAILER, HeaderValue::from_str(sha256).unwrap());
+    map.insert(CHECKSUM_TRAILER, HeaderValue::from_str(checksum).unwrap());
     map.insert(BYTES_TRAILER, HeaderValue::from(bytes));
     Part::Trailers(map)
 }
@@ -1063,8 +1087,8 @@ fn trailers(sha256: &str, bytes: u64) -> Part {
 async fn a_stream_that_does_not_match_its_trailers_is_broken_and_leaves_nothing() {
     let data = mixed(3 << 20, 7);
     let stream = framed(&data, data.len() as u64, "-");
-    let right_sha256 = hex::encode(Sha256::digest(&stream));
-    let wrong_sha256 = hex::encode(Sha256::digest(b"something else"));
+    let right_checksum = format!("{:032x}", xxh3_128(&stream));
+    let wrong_checksum = format!("{:032x}", xxh3_128(b"something else"));
     let compressed = zstd(&stream).await;
     let length = stream.len() as u64;
     let half = compressed.slice(..compressed.len() / 2);
@@ -1074,7 +1098,7 @@ async fn a_stream_that_does_not_match_its_trailers_is_broken_and_leaves_nothing(
             "wrong checksum",
             vec![
                 Part::Data(compressed.clone()),
-                trailers(&wrong_sha256, length),
+                trailers(&wrong_checksum, length),
             ],
             "does not match its checksum",
         ),
@@ -1082,7 +1106,7 @@ async fn a_stream_that_does_not_match_its_trailers_is_broken_and_leaves_nothing(
             "wrong length",
             vec![
                 Part::Data(compressed.clone()),
-                trailers(&right_sha256, length + 1),
+                trailers(&right_checksum, length + 1),
             ],
             "stream is incomplete",
         ),
@@ -1098,14 +1122,14 @@ async fn a_stream_that_does_not_match_its_trailers_is_broken_and_leaves_nothing(
         ),
         (
             "half a stream with the right trailers",
-            vec![Part::Data(half), trailers(&right_sha256, length)],
+            vec![Part::Data(half), trailers(&right_checksum, length)],
             "corrupt stream",
         ),
         (
             "garbage",
             vec![
                 Part::Data(Bytes::from_static(b"not zstd at all")),
-                trailers(&right_sha256, length),
+                trailers(&right_checksum, length),
             ],
             "corrupt stream",
         ),
@@ -1131,7 +1155,7 @@ async fn a_stream_that_does_not_match_its_trailers_is_broken_and_leaves_nothing(
     // And the honest version of the same is accepted.
     let (endpoint, server) = lying_source(vec![
         Part::Data(compressed),
-        trailers(&right_sha256, length),
+        trailers(&right_checksum, length),
     ])
     .await;
     let target = Fake::new(true).stopping_at_its_end();
@@ -1159,6 +1183,9 @@ async fn an_increment_not_asked_for_is_refused() {
                 response
                     .headers_mut()
                     .insert(PARENT_HEADER, HeaderValue::from_static("m-other"));
+                response
+                    .headers_mut()
+                    .insert("content-type", HeaderValue::from_static("application/zstd"));
                 Ok::<_, Infallible>(response)
             }
         });

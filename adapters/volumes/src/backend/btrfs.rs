@@ -179,6 +179,7 @@ impl Btrfs {
         let (Some(mut stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
             return Err(failed(&step, "btrfs receive has no stdin or stderr pipe"));
         };
+        pool::widen_pipe(&stdin);
         let said = tokio::spawn(pool::drain(stderr));
         let copied = pool::copy(&mut stream, &mut stdin).await;
         drop(stdin);
@@ -572,6 +573,7 @@ impl Backend for Btrfs {
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(failed(&step, "btrfs send has no stdout or stderr pipe"));
         };
+        pool::widen_pipe(&stdout);
         let said = tokio::spawn(pool::drain(stderr));
         tracing::info!(snapshot, ?parent, "sending snapshot");
         let pool = self.pool.clone();
