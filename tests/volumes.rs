@@ -65,13 +65,14 @@ impl Vol {
             return None;
         }
         let pool = if btrfs {
-            Pool::Btrfs(TestPool::new(512 << 20))
+            // Sparse: costs what is written.
+            Pool::Btrfs(TestPool::new(2 << 30))
         } else {
             // On the host's filesystem: where Docker can bind-mount it from.
             Pool::Directory(tempfile::tempdir_in("/var/tmp").unwrap())
         };
         let config = format!(
-            "version = 1\n{more}\n[adapters]\nvol = {{ builtin = \"volumes\", pool = \"{}\", listen = \"127.0.0.1:0\", profiles = {{ gold = {{ size = \"16M\" }}, silver = {{ size = \"64M\" }}, huge = {{ size = \"100G\" }} }}{extra} }}\n{ENDPOINTS}",
+            "version = 1\n{more}\n[adapters]\nvol = {{ builtin = \"volumes\", pool = \"{}\", listen = \"127.0.0.1:0\", profiles = {{ gold = {{ size = \"16M\" }}, silver = {{ size = \"64M\" }}, roomy = {{}}, huge = {{ size = \"100G\" }} }}{extra} }}\n{ENDPOINTS}",
             pool.path().display()
         );
         let proxy = ProxyProcess::options()
@@ -539,4 +540,66 @@ async fn a_proxy_killed_with_leases_and_leftovers_heals_when_it_comes_back() {
     )
     .await;
     assert_eq!(read.code, 0, "{read:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_past_its_time_limit_is_a_504_and_the_source_keeps_the_dataset() {
+    if !require_docker() || !btrfs::require() {
+        return;
+    }
+    let Some(etcd) = powerstrip_testenv::etcd::shared() else {
+        return;
+    };
+    // Two nodes on this host, each with its pool, sharing etcd; B gives a move one second.
+    let store = format!(
+        "[store]\nbackend = \"etcd\"\nendpoints = {:?}\nprefix = \"/volumes-timeout-{}/\"\n",
+        etcd.endpoints(),
+        std::process::id()
+    );
+    let Some(a) = Vol::start(true, "", &store) else {
+        return;
+    };
+    let Some(b) = Vol::start(true, ", move_timeout = \"1s\"", &store) else {
+        return;
+    };
+    // 768 MiB take longer than a second to move, here.
+    a.sh(
+        "slow@roomy:/data",
+        "dd if=/dev/urandom of=/data/blob bs=1M count=768 2>/dev/null && sync",
+    )
+    .await
+    .unwrap();
+    let e = b.sh("slow:/data", "true").await.unwrap_err();
+    assert!(
+        e.contains("did not finish within 1s")
+            && e.contains("keeps the dataset")
+            && e.contains("can be retried"),
+        "{e}\n--- A ---\n{}\n--- B ---\n{}",
+        a.proxy.log(),
+        b.proxy.log()
+    );
+    let (_, inspect) = a.cli(&["inspect", "slow"]);
+    assert!(
+        !inspect.contains("move:"),
+        "the move is still recorded: {inspect}"
+    );
+    // Nothing of it is left on B.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<_> = ["datasets", "snapshots", "incoming"]
+            .iter()
+            .flat_map(|d| {
+                std::fs::read_dir(b.pool.path().join(d))
+                    .into_iter()
+                    .flatten()
+            })
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left on B: {left:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And A still serves it.
+    assert!(a.sh("slow:/data", "ls /data/blob").await.is_ok());
 }

@@ -236,6 +236,28 @@ async fn datasets_move_between_hosts_whole_incrementally_and_never_lost() {
         "the increment is not much smaller: {first} then {second}"
     );
 
+    // An operator moves it to B from A (A's adapter passes the request to B's through the
+    // store), and back with a move B's adapter carries out itself.
+    let moved = Command::new(env!("CARGO_BIN_EXE_powerstrip"))
+        .args(["volumes", "move", "demo", "--to", "host-b", "--state-dir"])
+        .arg(&side_a.state)
+        .output()
+        .unwrap();
+    assert!(
+        moved.status.success() && String::from_utf8_lossy(&moved.stdout).contains("moved in"),
+        "{moved:?}\n{}",
+        logs(&a)
+    );
+    assert!(inspect(&a, "demo").contains("node:     host-b"));
+    let back = Command::new(env!("CARGO_BIN_EXE_powerstrip"))
+        .args(["volumes", "move", "demo", "--to", "host-a", "--state-dir"])
+        .arg(&side_a.state)
+        .output()
+        .unwrap();
+    assert!(back.status.success(), "{back:?}");
+    assert!(inspect(&a, "demo").contains("node:     host-a"));
+    assert_eq!(sh(&a, "demo:/data", SUMS).await.unwrap(), changed);
+
     // 4. Leases: while a container on A uses it, B is refused with a 409 naming it.
     let busy = docker(
         &a.host(),
