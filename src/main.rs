@@ -74,6 +74,15 @@ enum Command {
         #[command(subcommand)]
         command: VolumesCommand,
     },
+    /// The facts the placement adapter publishes for every live node (from the cluster
+    /// store): `NAME=VALUE` lines under a header per node.
+    Facts {
+        /// Only this node (its name or id).
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Check an HTTP adapter (in any language) against PowerstripProtocolVersion 1.
     ///
     /// Calls it as the proxy does — pre- and post-hooks, null bodies, unknown fields,
@@ -370,6 +379,7 @@ fn builtins() -> Builtins {
     }
     builtins.register(powerstrip_net_ovs::builtin());
     builtins.register(powerstrip_volumes::builtin());
+    builtins.register(powerstrip_placement::builtin());
     builtins
 }
 
@@ -383,6 +393,7 @@ fn main() -> ExitCode {
             NetCommand::Ls { store } => inspect(&store, Show::Networks),
             NetCommand::Inspect { name, store } => inspect(&store, Show::Network(name)),
         },
+        Command::Facts { node, store } => inspect(&store, Show::Facts(node)),
         Command::Volumes { command } => match command {
             VolumesCommand::Ls { store } => inspect(&store, Show::Volumes),
             VolumesCommand::Inspect { name, store } => inspect(&store, Show::Volume(name)),
@@ -469,6 +480,7 @@ enum Show {
     Network(String),
     Volumes,
     Volume(String),
+    Facts(Option<String>),
 }
 
 /// `volumes snapshot|rm|move`: a call to this host's volumes adapter.
@@ -528,6 +540,7 @@ async fn inspect(args: &StoreArgs, what: Show) -> ExitCode {
         Show::Keys(prefix) | Show::Key(prefix) => prefix.clone(),
         Show::Networks | Show::Network(_) => "net-ovs/".to_owned(),
         Show::Volumes | Show::Volume(_) => powerstrip_volumes::state::PREFIX.to_owned(),
+        Show::Facts(_) => powerstrip_placement::adapter::FACTS_PREFIX.to_owned(),
     };
     let listing = match list(&options, &prefix).await {
         Ok(listing) => listing,
@@ -552,6 +565,24 @@ async fn inspect(args: &StoreArgs, what: Show) -> ExitCode {
             .unwrap_or_default()
     };
     match what {
+        Show::Facts(node) => {
+            match powerstrip_placement::report::facts(&listing.kvs, node.as_deref()) {
+                Some(text) => print!("{text}"),
+                None => {
+                    match node {
+                        Some(node) => eprintln!(
+                            "powerstrip: no live node {node:?} publishes facts in {}",
+                            describe_store(&options)
+                        ),
+                        None => eprintln!(
+                            "powerstrip: no live node publishes facts in {} (is the placement adapter running?)",
+                            describe_store(&options)
+                        ),
+                    }
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         Show::Volumes => print!(
             "{}",
             powerstrip_volumes::report::ls(&listing.kvs, &names().await)
