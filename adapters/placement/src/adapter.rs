@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::FutureExt as _;
 use http::StatusCode;
 use powerstrip_adapter::context::Stop;
 use powerstrip_adapter::context::bollard;
@@ -44,8 +45,9 @@ pub struct Published {
     /// Whether its engine manages the swarm.
     #[serde(default)]
     pub manager: bool,
-    /// When the facts were gathered (seconds since the epoch).
-    pub gathered: u64,
+    /// Since when these exact values have been published (seconds since the epoch): the
+    /// node puts its record again only when something in it changes.
+    pub since: u64,
     /// The facts.
     pub facts: Facts,
 }
@@ -130,6 +132,7 @@ impl Placement {
         let refresh = self.inner.options.facts.refresh;
         let ttl = (refresh * 3).max(Duration::from_secs(10));
         let mut lease: Option<KeptLease> = None;
+        let mut published_ok = false;
         loop {
             let docker = self.inner.ctx.docker().ok();
             let facts = gatherer.refresh_with_docker(docker.as_ref()).await;
@@ -141,12 +144,25 @@ impl Placement {
                 name: self.inner.ctx.node().name.clone(),
                 swarm_node_id,
                 manager,
-                gathered: now(),
+                since: now(),
                 facts,
             });
-            self.inner.facts_tx.send_replace(Some(published.clone()));
-            if let Err(e) = self.publish(&published, &mut lease, ttl).await {
-                warn!(error = %e, "could not publish this node's facts");
+            let unchanged = self.inner.facts_tx.borrow().as_ref().is_some_and(|last| {
+                last.name == published.name
+                    && last.swarm_node_id == published.swarm_node_id
+                    && last.manager == published.manager
+                    && last.facts == published.facts
+            });
+            let lease_lost = lease.as_ref().is_none_or(KeptLease::is_lost);
+            if !unchanged || lease_lost || !published_ok {
+                self.inner.facts_tx.send_replace(Some(published.clone()));
+                published_ok = match self.publish(&published, &mut lease, ttl).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(error = %e, "could not publish this node's facts");
+                        false
+                    }
+                };
             }
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -495,18 +511,47 @@ impl Placement {
                 }
             };
             info!("publishing the swarm's fact labels");
-            let mut facts = self.inner.facts.clone();
+            // Any node's facts changing is seen at once; the timer also repairs labels
+            // someone changed by hand, and covers a watch that broke.
+            let mut changes = self
+                .inner
+                .ctx
+                .store()
+                .watch(FACTS_PREFIX, 0)
+                .await
+                .map_err(|e| debug!(error = %e, "cannot watch the published facts; polling"))
+                .ok();
             loop {
                 if let Err(e) = self.sync_labels().await {
                     warn!(error = %e, "could not update the swarm's fact labels");
                 }
+                let changed = async {
+                    match changes.as_mut() {
+                        Some(watch) => watch.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = stop.cancelled() => {
                         let _ = leadership.resign().await;
                         return;
                     }
                     () = leadership.lost() => break,
-                    _ = facts.changed() => {}
+                    event = changed => {
+                        if matches!(event, Some(Ok(_))) {
+                            // Several nodes often change together (a load fact): one sync.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            while let Some(watch) = changes.as_mut() {
+                                match watch.next().now_or_never() {
+                                    Some(Some(Ok(_))) => {}
+                                    Some(_) => changes = None,
+                                    None => break,
+                                }
+                            }
+                        } else {
+                            changes = None;
+                        }
+                    }
                     () = tokio::time::sleep(self.inner.options.facts.refresh) => {}
                 }
             }
