@@ -55,6 +55,7 @@ fn the_example_configurations_are_valid() {
         ("adapters.toml", 3),
         ("adapters/net-ovs/adapters.toml", 1),
         ("adapters/volumes/adapters.toml", 1),
+        ("adapters/placement/adapters.toml", 1),
     ] {
         let out = powerstrip()
             .arg("check")

@@ -312,6 +312,12 @@ async fn affinities_on_one_host() {
     ] {
         let e = holds(p, &[&bad]).await.unwrap_err();
         assert!(e.contains(&format!("{bad} does not hold")), "{bad}: {e}");
+        if bad.starts_with("affinity:container") {
+            assert!(
+                e.contains("host-a has containers: ") && e.contains(&name),
+                "{e}"
+            );
+        }
     }
     // A soft affinity that does not hold is ignored.
     holds(p, &["affinity:role==~web"]).await.unwrap();

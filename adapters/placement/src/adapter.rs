@@ -314,22 +314,28 @@ impl Placement {
                         })
                         .map(|(_, p)| p.name.as_str())
                         .collect();
-                    if holding.is_empty() {
-                        "it holds on no other live node".to_owned()
-                    } else {
-                        format!("it holds on {}", holding.join(", "))
+                    let shown = holding
+                        .iter()
+                        .take(10)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    match holding.len() {
+                        0 => "it holds on no other live node".to_owned(),
+                        1..=10 => format!("it holds on {shown}"),
+                        n => format!("it holds on {shown} and {} more", n - 10),
                     }
                 }
                 Err(_) => "the other nodes' facts cannot be read".to_owned(),
             },
         };
+        let here_is = match failed.kind() {
+            Kind::Constraint => format!("{}: {} is {value}", here.name, failed.key()),
+            Kind::Affinity => format!("{} has {value}", here.name),
+        };
         HookError::refuse(
             StatusCode::CONFLICT,
-            format!(
-                "placement: {failed} does not hold on this node ({}: {} is {value}); {elsewhere}",
-                here.name,
-                failed.key()
-            ),
+            format!("placement: {failed} does not hold on this node ({here_is}); {elsewhere}"),
         )
     }
 
@@ -678,11 +684,16 @@ fn describe_values(e: &Expr, nodes: &[Node<'_>]) -> String {
     if nodes.is_empty() {
         return "no node publishes facts".into();
     }
-    nodes
+    // A message, not a report: ten nodes say enough.
+    let shown: Vec<String> = nodes
         .iter()
+        .take(10)
         .map(|n| format!("{}: {}", n.name, e.value_on(n)))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    match nodes.len().saturating_sub(shown.len()) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
 }
 
 #[async_trait]

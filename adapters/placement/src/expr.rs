@@ -401,7 +401,7 @@ impl Expr {
                         .iter()
                         .map(Container::display_name)
                         .collect();
-                    format!("containers: {}", names.join(", "))
+                    format!("containers: {}", listed(&names))
                 }
             }
             (Kind::Affinity, "image") => {
@@ -420,7 +420,7 @@ impl Expr {
                             }
                         })
                         .collect();
-                    format!("images: {}", names.join(", "))
+                    format!("images: {}", listed(&names))
                 }
             }
             (Kind::Affinity, label) => {
@@ -435,7 +435,7 @@ impl Expr {
                 if labelled.is_empty() {
                     format!("no container with label {label}")
                 } else {
-                    format!("containers with {label}: {}", labelled.join(", "))
+                    format!("containers with {label}: {}", listed(&labelled))
                 }
             }
         }
@@ -1094,6 +1094,18 @@ fn strip_digest(id: &str) -> &str {
     id.strip_prefix("sha256:").unwrap_or(id)
 }
 
+/// How many names [`Expr::value_on`] lists before it only counts the rest.
+const LISTED: usize = 10;
+
+/// `names` joined with commas, the first [`LISTED`] of them and a count of the others.
+fn listed(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(LISTED).map(String::as_str).collect();
+    match names.len().saturating_sub(LISTED) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
 /// The first 12 characters of an id, without its `sha256:`.
 fn short_id(id: &str) -> &str {
     let bare = strip_digest(id);
@@ -1108,6 +1120,16 @@ mod tests {
     //! Swarm classic) is in `tests/expr.rs`.
 
     use super::*;
+
+    #[test]
+    fn long_lists_in_messages_are_cut_with_a_count() {
+        let names: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
+        assert_eq!(listed(&names[..2]), "c0, c1");
+        assert_eq!(
+            listed(&names),
+            "c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 and 2 more"
+        );
+    }
 
     /// An expression from `parse_body`, for helper tests.
     fn expr(text: &str) -> Expr {

@@ -107,7 +107,7 @@ use tracing::{debug, info, warn};
 pub type Facts = BTreeMap<String, String>;
 
 /// How often the adapter refreshes the facts by default.
-pub const DEFAULT_REFRESH: Duration = Duration::from_secs(60);
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(30);
 /// How long Facter may run by default.
 pub const DEFAULT_FACTER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an external facts executable may run by default.

@@ -31,7 +31,7 @@ struct Written {
 }
 
 fn default_refresh() -> Duration {
-    Duration::from_secs(30)
+    crate::facts::DEFAULT_REFRESH
 }
 
 fn default_swarm_labels() -> bool {
