@@ -29,9 +29,9 @@ struct Member {
 #[derive(Debug)]
 pub struct EtcdCluster {
     members: Vec<Member>,
-    /// Besides loopback, the address clients reach the members at (another "host" of a
-    /// multi-host test cannot reach this namespace's loopback).
-    public: Option<std::net::Ipv4Addr>,
+    /// Besides loopback, the addresses clients reach the members at (another "host" of a
+    /// multi-host test cannot reach this namespace's loopback); the first is advertised.
+    public: Vec<std::net::Ipv4Addr>,
     initial_cluster: String,
     token: String,
     dir: Option<TempDir>,
@@ -46,6 +46,14 @@ impl EtcdCluster {
     /// [`EtcdCluster::start`], its members also listening on `public` (an address of this
     /// namespace that other namespaces reach), which [`EtcdCluster::endpoints`] then names.
     pub fn start_on(size: usize, public: Option<std::net::Ipv4Addr>) -> EtcdCluster {
+        Self::start_on_each(size, &public.into_iter().collect::<Vec<_>>())
+    }
+
+    /// [`EtcdCluster::start`], its members also listening on each address of `public`
+    /// (addresses of this namespace that several other namespaces reach, one each);
+    /// [`EtcdCluster::endpoints_on`] names the members at one of them.
+    pub fn start_on_each(size: usize, public: &[std::net::Ipv4Addr]) -> EtcdCluster {
+        let public = public.to_vec();
         let dir = tempfile::Builder::new()
             .prefix("powerstrip-etcd-")
             .tempdir()
@@ -90,13 +98,14 @@ impl EtcdCluster {
         let args = [
             format!("--name={}", m.name),
             format!("--data-dir={}", m.data.display()),
-            match self.public {
-                Some(ip) => format!(
-                    "--listen-client-urls=http://127.0.0.1:{p},http://{ip}:{p}",
-                    p = m.client_port
-                ),
-                None => format!("--listen-client-urls=http://127.0.0.1:{}", m.client_port),
-            },
+            format!(
+                "--listen-client-urls=http://127.0.0.1:{p}{}",
+                self.public
+                    .iter()
+                    .map(|ip| format!(",http://{ip}:{p}", p = m.client_port))
+                    .collect::<String>(),
+                p = m.client_port
+            ),
             format!(
                 "--advertise-client-urls=http://{}:{}",
                 self.host(),
@@ -152,12 +161,21 @@ impl EtcdCluster {
     /// The address clients use.
     fn host(&self) -> String {
         self.public
-            .map_or_else(|| "127.0.0.1".to_owned(), |ip| ip.to_string())
+            .first()
+            .map_or_else(|| "127.0.0.1".to_owned(), ToString::to_string)
     }
 
     /// Every member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
         (0..self.members.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// Every member's client URL at `address`, one of those it was started on.
+    pub fn endpoints_on(&self, address: std::net::Ipv4Addr) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://{address}:{}", m.client_port))
+            .collect()
     }
 
     /// Member `i`'s client URL.

@@ -111,6 +111,37 @@ impl Host {
         host
     }
 
+    /// Joins this host and `other` by a veth pair of their own (a wire between the two
+    /// hosts, not through this namespace): this end gets `10.232.<subnet>.1/24`, `other`'s
+    /// `.2`. The pair goes with either namespace.
+    pub fn link(&self, other: &Host, subnet: u8) -> Link {
+        let pid = std::process::id() % 100_000;
+        let here = format!("psl{}{pid}", subnet % 100);
+        let there = format!("psm{}{pid}", subnet % 100);
+        let link = Link {
+            here: (here, Ipv4Addr::new(10, 232, subnet, 1)),
+            there: (there, Ipv4Addr::new(10, 232, subnet, 2)),
+        };
+        self.exec_ok(&[
+            "ip",
+            "link",
+            "add",
+            &link.here.0,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &link.there.0,
+            "netns",
+            &other.netns,
+        ]);
+        for (host, (name, ip)) in [(self, &link.here), (other, &link.there)] {
+            host.exec_ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", name]);
+            host.exec_ok(&["ip", "link", "set", name, "up"]);
+        }
+        link
+    }
+
     /// Its name.
     pub fn name(&self) -> &str {
         &self.name
@@ -292,6 +323,15 @@ impl Host {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir().join(name)
     }
+}
+
+/// A wire between two hosts made by [`Host::link`]: each end's interface and address.
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// The interface and address on the host that made the link.
+    pub here: (String, Ipv4Addr),
+    /// The interface and address on the other host.
+    pub there: (String, Ipv4Addr),
 }
 
 impl Drop for Host {
