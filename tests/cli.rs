@@ -56,6 +56,7 @@ fn the_example_configurations_are_valid() {
         ("adapters/net-ovs/adapters.toml", 1),
         ("adapters/volumes/adapters.toml", 1),
         ("adapters/placement/adapters.toml", 1),
+        ("docker/adapters.toml", 3),
     ] {
         let out = powerstrip()
             .arg("check")
