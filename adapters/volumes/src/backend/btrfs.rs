@@ -181,7 +181,7 @@ impl Btrfs {
         };
         pool::widen_pipe(&stdin);
         let said = tokio::spawn(pool::drain(stderr));
-        let copied = pool::copy(&mut stream, &mut stdin).await;
+        let copied = pool::copy_writing_back(&mut stream, &mut stdin, dir).await;
         drop(stdin);
         if let Err(CopyError::Read(e)) = &copied {
             let _ = child.kill().await;

@@ -588,6 +588,45 @@ pub(crate) async fn copy(
     }
 }
 
+/// How many bytes a receive writes between two write-backs of its filesystem.
+const WRITE_BACK_EVERY: u64 = 32 << 20;
+
+/// [`copy`], for a receive into the filesystem at `fs`: every [`WRITE_BACK_EVERY`] bytes it
+/// starts writing back what the receive wrote so far (`syncfs`, off the async threads, one
+/// at a time), so that the disk works while the stream is still arriving. A move ends with
+/// its copy durable; without this, every byte would wait in the page cache for that last
+/// flush. Best effort: a write-back that fails only leaves more for the last one.
+pub(crate) async fn copy_writing_back(
+    from: &mut (impl tokio::io::AsyncRead + Unpin + ?Sized),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin + ?Sized),
+    fs: &Path,
+) -> Result<u64, CopyError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    let mut since = 0u64;
+    let mut writing: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let n = from.read(&mut buf).await.map_err(CopyError::Read)?;
+        if n == 0 {
+            to.flush().await.map_err(CopyError::Write)?;
+            return Ok(total);
+        }
+        to.write_all(&buf[..n]).await.map_err(CopyError::Write)?;
+        total += n as u64;
+        since += n as u64;
+        if since >= WRITE_BACK_EVERY && writing.as_ref().is_none_or(|w| w.is_finished()) {
+            since = 0;
+            let fs = fs.to_owned();
+            writing = Some(tokio::task::spawn_blocking(move || {
+                if let Ok(dir) = std::fs::File::open(&fs) {
+                    let _ = nix::unistd::syncfs(&dir);
+                }
+            }));
+        }
+    }
+}
+
 /// Runs `cleanup` on the runtime when dropped before [`Cleanup::disarm`]: what a cancelled
 /// operation (its future dropped mid-way) leaves in `incoming/` goes without waiting for
 /// [`Backend::clean_incoming`].
