@@ -902,6 +902,17 @@ async fn ensure_image_mounts_once_and_unmount_leaves_no_loop_device() {
         std::fs::read(mountpoint.join("kept")).unwrap(),
         b"survives remounts"
     );
+    // The loop device is recognised by the image's inode, whatever path names it (the
+    // kernel shows the path seen where the device was set up: a container's, maybe).
+    let device = loop_devices(&image).pop().unwrap();
+    let other_name = dir.path().join("same-file.img");
+    std::fs::hard_link(&image, &other_name).unwrap();
+    assert!(pool::loop_backed_by(&device, &image).await);
+    assert!(pool::loop_backed_by(&device, &other_name).await);
+    let stranger = dir.path().join("stranger.img");
+    std::fs::write(&stranger, b"not it").unwrap();
+    assert!(!pool::loop_backed_by(&device, &stranger).await);
+    assert!(!pool::loop_backed_by("/dev/loop-none", &image).await);
     pool::unmount(&mountpoint).await.unwrap();
     assert!(loop_devices(&image).is_empty());
 }

@@ -195,12 +195,17 @@ pub async fn ensure_image(image: &Path, size: u64, mountpoint: &Path) -> Result<
             });
         }
         match loop_backing_file(&mount.source).await {
-            Some(backing) if !same_file(&backing, image).await => tracing::warn!(
+            Some(backing)
+                if !same_file(&backing, image).await
+                    && !loop_backed_by(&mount.source, image).await =>
+            {
+                tracing::warn!(
                 mountpoint = %mountpoint.display(),
                 image = %image.display(),
                 mounted = %backing.display(),
-                "a btrfs filesystem from another file is mounted there; using it"
-            ),
+                    "a btrfs filesystem from another file is mounted there; using it"
+                );
+            }
             _ => {}
         }
         tracing::debug!(mountpoint = %mountpoint.display(), source = mount.source, "btrfs is mounted already");
@@ -427,6 +432,46 @@ async fn loop_backing_file(device: &str) -> Option<PathBuf> {
         .await
         .ok()?;
     Some(PathBuf::from(backing.trim_end_matches('\n')))
+}
+
+/// Whether loop device `device` is backed by the file `image`, by the backing file's
+/// device and inode (`losetup`): the backing path the kernel shows is the one seen where
+/// the device was set up, which from another mount namespace (a container's) may name
+/// nothing here, or something else.
+pub async fn loop_backed_by(device: &str, image: &Path) -> bool {
+    let Ok(meta) = tokio::fs::metadata(image).await else {
+        return false;
+    };
+    let Ok(out) = tokio::process::Command::new("losetup")
+        .args([
+            "--list",
+            "--json",
+            "--output",
+            "BACK-INO,BACK-MAJ:MIN",
+            device,
+        ])
+        .output()
+        .await
+    else {
+        return false;
+    };
+    let Ok(listing) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return false;
+    };
+    let Some(entry) = listing["loopdevices"].get(0) else {
+        return false;
+    };
+    // losetup writes numbers as numbers or as strings, depending on its version.
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.trim().to_owned(),
+        other => other.to_string(),
+    };
+    let wanted_dev = format!(
+        "{}:{}",
+        nix::sys::stat::major(meta.dev()),
+        nix::sys::stat::minor(meta.dev())
+    );
+    text(&entry["back-ino"]) == meta.ino().to_string() && text(&entry["back-maj:min"]) == wanted_dev
 }
 
 /// Whether `a` and `b` name the same file.
