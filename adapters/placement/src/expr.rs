@@ -1,5 +1,6 @@
 //! The constraint and affinity language of Docker Swarm classic: parsed, validated and
-//! evaluated against nodes. Pure: no I/O.
+//! evaluated against nodes. Pure: no I/O (compiled regular expressions are cached by
+//! pattern, which changes nothing but the time).
 //!
 //! # The language
 //!
@@ -66,9 +67,10 @@
 //!   it compared whole ids only. Image ids match with or without their `sha256:`.
 //! - Every name of a container counts (Swarm used the first one only), except link aliases.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use regex::Regex;
 
@@ -1045,6 +1047,31 @@ fn validate_key(key: &str) -> Result<(), Problem> {
     }
 }
 
+/// How many compiled regular expressions [`compile`] keeps.
+const REGEX_CACHE: usize = 256;
+
+/// `pattern` compiled, from a cache: the same few patterns come with create after create,
+/// and compiling one costs far more than evaluating it against a node. A full cache starts
+/// over (patterns are the users' own; no one pattern needs to stay).
+fn compile(pattern: &str) -> Result<Regex, regex::Error> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Regex>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(found) = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(pattern)
+    {
+        return Ok(found.clone());
+    }
+    let compiled = Regex::new(pattern)?;
+    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if cache.len() >= REGEX_CACHE {
+        cache.clear();
+    }
+    cache.insert(pattern.to_owned(), compiled.clone());
+    Ok(compiled)
+}
+
 /// Parses a value (after the operator and its `~`).
 fn parse_value(value: &str) -> Result<Value, Problem> {
     if value.is_empty() {
@@ -1060,7 +1087,7 @@ fn parse_value(value: &str) -> Result<Value, Problem> {
         if pattern.is_empty() {
             return Err(Problem::EmptyRegex);
         }
-        return Regex::new(pattern)
+        return compile(pattern)
             .map(Value::Regex)
             .map_err(|err| Problem::InvalidRegex(err.to_string()));
     }
