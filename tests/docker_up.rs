@@ -84,6 +84,16 @@ async fn docker_up_runs_the_stack_and_the_docker_cli_works_through_it() {
             "{bin} is not built: `cargo build --workspace --bins` first (scripts/test does)"
         );
     }
+    // The test takes the stack down with its data at the end: never someone's own stack.
+    let existing = Command::new("docker")
+        .args(["ps", "-a", "-q", "--filter", "name=^powerstrip(-etcd)?$"])
+        .output()
+        .unwrap();
+    assert!(
+        existing.stdout.is_empty() && !Path::new("/var/lib/powerstrip/pool.img").exists(),
+        "a powerstrip stack (or its pool) is already on this machine; this test would remove \
+         it with its data: run the suite on a machine of its own"
+    );
     let down = Down;
     let up = script("up", &[]);
     assert!(up.status.success(), "docker/up failed:\n{}", text(&up));
