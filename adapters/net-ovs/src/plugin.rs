@@ -11,18 +11,14 @@
 //! move into the container; Leave and DeleteEndpoint undo it.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use powerstrip_adapter::context::Stop;
+use powerstrip_adapter::plugin::{self, Errors};
 use serde_json::{Value, json};
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use crate::adapter::NetOvs;
 use crate::link;
@@ -38,7 +34,7 @@ pub const NETWORK_OPTION: &str = "powerstrip.network";
 
 /// The plugin's socket: `/run/docker/plugins/<name>.sock`, where Docker looks for it.
 pub fn socket(name: &str) -> PathBuf {
-    PathBuf::from("/run/docker/plugins").join(format!("{name}.sock"))
+    plugin::socket(name)
 }
 
 /// The host end of endpoint `id`'s veth, and the end Docker moves into the container.
@@ -47,90 +43,41 @@ pub fn endpoint_ports(id: &str) -> (String, String) {
     (format!("pse{short}"), format!("psp{short}"))
 }
 
-/// Serves the plugin API on [`socket`]`(name)` until `stop`.
+/// Serves the plugin API on [`socket`]`(name)` until `stop` (a failed call answers 500
+/// with its `Err`, as libnetwork's remote drivers do).
 pub async fn serve(adapter: NetOvs, name: String, stop: Stop) {
-    let path = socket(&name);
-    if let Some(dir) = path.parent()
-        && let Err(e) = std::fs::create_dir_all(dir)
-    {
-        warn!(path = %dir.display(), error = %e, "cannot create the plugin directory");
-        return;
-    }
-    let _ = std::fs::remove_file(&path);
-    let listener = match tokio::net::UnixListener::bind(&path) {
-        Ok(listener) => listener,
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "cannot serve the network plugin");
-            return;
-        }
-    };
-    info!(driver = %name, socket = %path.display(), "network plugin listening");
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    debug!(error = %e, "plugin accept failed");
-                    continue;
-                }
-            },
-        };
+    let handle = move |call: String, body: Value| {
         let adapter = adapter.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let adapter = adapter.clone();
-                async move { Ok::<_, Infallible>(handle(&adapter, request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-    let _ = std::fs::remove_file(&path);
+        async move { handle(&adapter, &call, &body).await }
+    };
+    plugin::serve(
+        &name,
+        "network plugin",
+        Errors(StatusCode::INTERNAL_SERVER_ERROR),
+        stop,
+        handle,
+    )
+    .await;
 }
 
-async fn handle(adapter: &NetOvs, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = request.uri().path().to_owned();
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    debug!(call = %path, "network plugin");
-    let answer = match path.as_str() {
+async fn handle(adapter: &NetOvs, call: &str, body: &Value) -> Result<Value, String> {
+    match call {
         "/Plugin.Activate" => Ok(json!({"Implements": ["NetworkDriver"]})),
         "/NetworkDriver.GetCapabilities" => {
             Ok(json!({"Scope": "local", "ConnectivityScope": "global"}))
         }
         "/NetworkDriver.CreateNetwork" | "/NetworkDriver.DeleteNetwork" => Ok(json!({})),
-        "/NetworkDriver.CreateEndpoint" => create_endpoint(adapter, &body).await,
-        "/NetworkDriver.DeleteEndpoint" => delete_endpoint(adapter, &body).await,
+        "/NetworkDriver.CreateEndpoint" => create_endpoint(adapter, body).await,
+        "/NetworkDriver.DeleteEndpoint" => delete_endpoint(adapter, body).await,
         "/NetworkDriver.EndpointOperInfo" => Ok(json!({"Value": {}})),
-        "/NetworkDriver.Join" => join(adapter, &body).await,
-        "/NetworkDriver.Leave" => leave(adapter, &body).await,
+        "/NetworkDriver.Join" => join(adapter, body).await,
+        "/NetworkDriver.Leave" => leave(adapter, body).await,
         "/NetworkDriver.DiscoverNew"
         | "/NetworkDriver.DiscoverDelete"
         | "/NetworkDriver.ProgramExternalConnectivity"
         | "/NetworkDriver.RevokeExternalConnectivity" => Ok(json!({})),
         other => Err(format!("net-ovs: {other} is not implemented")),
-    };
-    let (status, value) = match answer {
-        Ok(value) => (StatusCode::OK, value),
-        Err(message) => {
-            warn!(call = %path, error = %message, "network plugin call failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, json!({ "Err": message }))
-        }
-    };
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/vnd.docker.plugins.v1.2+json"),
-    );
-    response
+    }
 }
 
 fn text<'a>(body: &'a Value, field: &str) -> Result<&'a str, String> {

@@ -10,23 +10,15 @@
 //! Once Docker has used a volume plugin, it asks it about every named volume, and while
 //! the plugin does not answer each such lookup waits up to ~15 s. So the socket comes up
 //! as soon as the adapter does (calls wait for the pool, not for the socket), and a reload
-//! hands the socket over without a gap: the new server binds a fresh file and renames it
-//! over the old one; the old server removes the file on its way out only if it is still
-//! its own.
+//! hands it over without a gap ([`powerstrip_adapter::plugin::serve`]).
 
-use std::convert::Infallible;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use powerstrip_adapter::context::Stop;
+use powerstrip_adapter::plugin::{self, Errors};
 use serde_json::{Value, json};
-use tracing::{debug, info, warn};
 
 use crate::adapter::Volumes;
 use crate::model::Dataset;
@@ -37,101 +29,32 @@ pub const MOUNT: &str = "mount:";
 
 /// The plugin's socket: `/run/docker/plugins/<name>.sock`, where Docker looks for it.
 pub fn socket(name: &str) -> PathBuf {
-    PathBuf::from("/run/docker/plugins").join(format!("{name}.sock"))
+    plugin::socket(name)
 }
 
-/// Serves the plugin API on [`socket`]`(name)` until `stop`.
+/// Serves the plugin API on [`socket`]`(name)` until `stop` (errors travel in `Err` with a
+/// 200, as Docker's plugin helpers answer for volume drivers).
 pub async fn serve(adapter: Volumes, name: String, stop: Stop) {
-    let path = socket(&name);
-    if let Some(dir) = path.parent()
-        && let Err(e) = std::fs::create_dir_all(dir)
-    {
-        warn!(path = %dir.display(), error = %e, "cannot create the plugin directory");
-        return;
-    }
-    // Bind a file of our own, then put it in place in one step: Docker never finds the
-    // socket missing, even while a reload replaces the server.
-    let fresh = path.with_extension(format!("sock.{}", std::process::id()));
-    let _ = std::fs::remove_file(&fresh);
-    let listener = match tokio::net::UnixListener::bind(&fresh) {
-        Ok(listener) => listener,
-        Err(e) => {
-            warn!(path = %fresh.display(), error = %e, "cannot serve the volume plugin");
-            return;
-        }
-    };
-    let ours = std::fs::metadata(&fresh).map(|m| m.ino()).ok();
-    if let Err(e) = std::fs::rename(&fresh, &path) {
-        warn!(path = %path.display(), error = %e, "cannot serve the volume plugin");
-        let _ = std::fs::remove_file(&fresh);
-        return;
-    }
-    info!(driver = %name, socket = %path.display(), "volume plugin listening");
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    debug!(error = %e, "plugin accept failed");
-                    continue;
-                }
-            },
-        };
+    let handle = move |call: String, body: Value| {
         let adapter = adapter.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let adapter = adapter.clone();
-                async move { Ok::<_, Infallible>(handle(&adapter, request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-    // Only our own file: a newer server may have put its own in place.
-    if std::fs::metadata(&path).map(|m| m.ino()).ok() == ours {
-        let _ = std::fs::remove_file(&path);
-    }
+        async move { handle(&adapter, &call, &body).await }
+    };
+    plugin::serve(&name, "volume plugin", Errors(StatusCode::OK), stop, handle).await;
 }
 
-async fn handle(adapter: &Volumes, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = request.uri().path().to_owned();
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    debug!(call = %path, "volume plugin");
-    let answer = match path.as_str() {
+async fn handle(adapter: &Volumes, call: &str, body: &Value) -> Result<Value, String> {
+    match call {
         "/Plugin.Activate" => Ok(json!({"Implements": ["VolumeDriver"]})),
         "/VolumeDriver.Capabilities" => Ok(json!({"Capabilities": {"Scope": "global"}})),
-        "/VolumeDriver.Create" => create(adapter, &body).await,
-        "/VolumeDriver.Remove" => remove(adapter, &body).await,
-        "/VolumeDriver.Mount" => mount(adapter, &body).await,
-        "/VolumeDriver.Unmount" => unmount(adapter, &body).await,
-        "/VolumeDriver.Path" => path_of(adapter, &body).await,
-        "/VolumeDriver.Get" => get(adapter, &body).await,
+        "/VolumeDriver.Create" => create(adapter, body).await,
+        "/VolumeDriver.Remove" => remove(adapter, body).await,
+        "/VolumeDriver.Mount" => mount(adapter, body).await,
+        "/VolumeDriver.Unmount" => unmount(adapter, body).await,
+        "/VolumeDriver.Path" => path_of(adapter, body).await,
+        "/VolumeDriver.Get" => get(adapter, body).await,
         "/VolumeDriver.List" => list(adapter).await,
         other => Err(format!("volumes: {other} is not implemented")),
-    };
-    let value = match answer {
-        Ok(value) => value,
-        Err(message) => {
-            debug!(call = %path, error = %message, "volume plugin call refused");
-            json!({ "Err": message })
-        }
-    };
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
-    // Errors travel in `Err` with a 200, as Docker's plugin helpers answer.
-    *response.status_mut() = StatusCode::OK;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/vnd.docker.plugins.v1.2+json"),
-    );
-    response
+    }
 }
 
 fn name_of(body: &Value) -> Result<&str, String> {

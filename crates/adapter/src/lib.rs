@@ -70,6 +70,7 @@ pub mod context;
 pub mod docker;
 pub mod net;
 pub mod path;
+pub mod plugin;
 pub mod serve;
 pub mod tls;
 
