@@ -1321,13 +1321,10 @@ impl Volumes {
         }
     }
 
-    /// Takes a snapshot of dataset `name` (on this node, its primary); its id.
-    pub async fn take_snapshot(&self, name: &str) -> Result<String, HookError> {
-        let backend = self.backend().await?;
-        let lock = self.lock(name);
-        let _held = lock.lock().await;
-        let dataset = self
-            .inner
+    /// Dataset `name`'s record; a 404 when there is none (operator calls only: a container
+    /// create never answers 404, which the docker CLI reads as "no such image").
+    async fn existing(&self, name: &str) -> Result<Dataset, HookError> {
+        self.inner
             .state
             .dataset(name)
             .await
@@ -1337,7 +1334,15 @@ impl Volumes {
                     StatusCode::NOT_FOUND,
                     format!("dataset {name} does not exist"),
                 )
-            })?;
+            })
+    }
+
+    /// Takes a snapshot of dataset `name` (on this node, its primary); its id.
+    pub async fn take_snapshot(&self, name: &str) -> Result<String, HookError> {
+        let backend = self.backend().await?;
+        let lock = self.lock(name);
+        let _held = lock.lock().await;
+        let dataset = self.existing(name).await?;
         let id = random_hex(4)?;
         let _making = self.making(&id);
         backend
@@ -1404,18 +1409,7 @@ impl Volumes {
         let lock = self.lock(name);
         let _held = lock.lock().await;
         let started = Instant::now();
-        let dataset = self
-            .inner
-            .state
-            .dataset(name)
-            .await
-            .map_err(state_error)?
-            .ok_or_else(|| {
-                HookError::refuse(
-                    StatusCode::NOT_FOUND,
-                    format!("dataset {name} does not exist"),
-                )
-            })?;
+        let dataset = self.existing(name).await?;
         if dataset.primary == self.me() {
             return Ok(format!("dataset {name} is on this node already"));
         }

@@ -365,14 +365,6 @@ impl Backend for Btrfs {
         true
     }
 
-    fn dataset_path(&self, id: &str) -> PathBuf {
-        self.pool.join("datasets").join(id)
-    }
-
-    fn snapshot_path(&self, id: &str) -> PathBuf {
-        self.pool.join("snapshots").join(id)
-    }
-
     async fn prepare(&self) -> Result<(), BackendError> {
         let step = format!("preparing btrfs pool {}", self.pool.display());
         if pool::detect(&self.pool).await? != pool::Kind::Btrfs {

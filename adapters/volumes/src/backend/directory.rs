@@ -341,14 +341,6 @@ impl Backend for Directory {
         false
     }
 
-    fn dataset_path(&self, id: &str) -> PathBuf {
-        self.pool.join("datasets").join(id)
-    }
-
-    fn snapshot_path(&self, id: &str) -> PathBuf {
-        self.pool.join("snapshots").join(id)
-    }
-
     async fn prepare(&self) -> Result<(), BackendError> {
         for sub in ["datasets", "snapshots", "incoming"] {
             let dir = self.pool.join(sub);

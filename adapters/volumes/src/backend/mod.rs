@@ -107,11 +107,16 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Whether [`Backend::send`] with a parent sends only the difference.
     fn incremental(&self) -> bool;
 
-    /// Where dataset `id` is, to bind-mount into containers (whether or not it exists).
-    fn dataset_path(&self, id: &str) -> PathBuf;
+    /// Where dataset `id` is, to bind-mount into containers (whether or not it exists):
+    /// `<pool>/datasets/<id>`, the layout every backend shares.
+    fn dataset_path(&self, id: &str) -> PathBuf {
+        self.pool().join("datasets").join(id)
+    }
 
-    /// Where snapshot `id` is (whether or not it exists).
-    fn snapshot_path(&self, id: &str) -> PathBuf;
+    /// Where snapshot `id` is (whether or not it exists): `<pool>/snapshots/<id>`.
+    fn snapshot_path(&self, id: &str) -> PathBuf {
+        self.pool().join("snapshots").join(id)
+    }
 
     /// Prepares the pool (directories, quotas on); idempotent.
     async fn prepare(&self) -> Result<(), BackendError>;
