@@ -12,7 +12,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,24 +25,9 @@ use powerstrip_testkit::{
 };
 use serde_json::{Value, json};
 use support::{
-    Containers, IMAGE, ProxyProcess, SecondDocker, direct, docker, metric, require_docker,
+    Containers, IMAGE, ProxyProcess, SecondDocker, direct, docker, eventually, metric,
+    require_docker,
 };
-
-/// Polls `check` every 50 ms until it returns `Some`, failing with `what` after `within`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A series of `/metrics`, 0 when the proxy has not counted anything under it yet.
 fn value(metrics: &str, series: &str) -> f64 {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use powerstrip_testenv::etcd::EtcdCluster;
 use powerstrip_testenv::host::Host;
-use support::{IMAGE, ProxyProcess, StartedProxy, direct, docker, require_docker};
+use support::{IMAGE, ProxyProcess, StartedProxy, direct, docker, eventually, require_docker};
 
 const ENDPOINTS: &str = r#"
 [[endpoints]]
@@ -99,22 +99,6 @@ async fn ok(host: &str, args: &[&str]) -> String {
     let run = docker(host, args, None).await;
     assert_eq!(run.code, 0, "docker {args:?}: {run:?}");
     run.out().trim().to_owned()
-}
-
-/// Waits up to `within` for `check` to hold, polling.
-async fn eventually(
-    within: Duration,
-    what: &str,
-    mut check: impl AsyncFnMut() -> Option<String>,
-) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// The node id where `service`'s task runs, once it runs.

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use powerstrip_testenv::btrfs::TestPool;
 use powerstrip_testenv::etcd::EtcdCluster;
 use powerstrip_testenv::host::Host;
-use support::{IMAGE, ProxyProcess, StartedProxy, direct, docker, require_docker};
+use support::{IMAGE, ProxyProcess, StartedProxy, direct, docker, eventually, require_docker};
 
 /// One host of the stack: its namespace, pool, facts, and how to (re)start its powerstrip
 /// with the same identity.
@@ -366,18 +366,17 @@ async fn the_origin_scenario_across_two_hosts() {
     // 5. Every powerstrip killed with SIGKILL and started again: addresses, datasets and
     //    leases are as they were, and nothing leaked in OVS or the pools. First a settled
     //    state: the copy the move left on A goes at a reconcile pass (2 s here).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while subvolumes(a.pool.path())
-        .iter()
-        .any(|s| s.starts_with("datasets/"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "A kept its copy of demo: {:?}",
-            subvolumes(a.pool.path())
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "A drops the copy of demo the move left",
+        || async {
+            (!subvolumes(a.pool.path())
+                .iter()
+                .any(|s| s.starts_with("datasets/")))
+            .then_some(())
+        },
+    )
+    .await;
     let before = (
         a.powerstrip(&["net", "inspect", "blue"]),
         a.powerstrip(&["volumes", "ls"]),
